@@ -1,0 +1,1 @@
+"""Anomaly models: feature maps in, anomaly maps at feature resolution out."""

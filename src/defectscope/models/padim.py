@@ -1,0 +1,116 @@
+"""PaDiM: a Gaussian per feature-map position, scored by Mahalanobis distance.
+
+Defard et al., "PaDiM: a Patch Distribution Modeling Framework for Anomaly
+Detection and Localization", ICPR 2020 workshops.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+
+def concat_feature_maps(feature_maps: list[torch.Tensor]) -> torch.Tensor:
+    """Upsample every map to the first map's resolution (nearest) and stack channels.
+
+    (batch, channels_i, height_i, width_i) per level -> (batch, sum(channels_i), height_0, width_0).
+    """
+    size = feature_maps[0].shape[-2:]
+    resized = [feature_maps[0]] + [F.interpolate(level, size=size, mode="nearest") for level in feature_maps[1:]]
+    return torch.cat(resized, dim=1)
+
+
+class Padim(nn.Module):
+    """PaDiM head: per-position mean and inverse covariance of a random channel subset.
+
+    Fitting streams over batches: running sums of features and of their outer
+    products are kept in float64, so training memory is fixed by the feature
+    map size, not by the number of images.
+
+    Parameters
+    ----------
+    channels:
+        Total channels of the concatenated feature maps.
+    feature_size:
+        (height, width) of the first (finest) feature map.
+    n_features:
+        Size of the random channel subset (``d``); all channels when >= ``channels``.
+    seed:
+        Seed of the channel subset.
+    regularization:
+        ``eps`` added to the covariance diagonal (``eps * I``).
+    """
+
+    def __init__(self, channels: int, feature_size: tuple[int, int], n_features: int = 100, seed: int = 0, regularization: float = 0.01) -> None:
+        super().__init__()
+        n_features = min(n_features, channels)
+        generator = torch.Generator().manual_seed(seed)
+        indices = torch.randperm(channels, generator=generator)[:n_features].sort().values
+        positions = feature_size[0] * feature_size[1]
+        self.feature_size = (int(feature_size[0]), int(feature_size[1]))
+        self.regularization = float(regularization)
+        self.register_buffer("feature_indices", indices)
+        self.register_buffer("mean", torch.zeros(positions, n_features))
+        self.register_buffer("inv_covariance", torch.zeros(positions, n_features, n_features))
+        self._sum: torch.Tensor | None = None
+        self._outer_sum: torch.Tensor | None = None
+        self._count = 0
+
+    def embed(self, feature_maps: list[torch.Tensor]) -> torch.Tensor:
+        """Concatenate feature maps and keep the channel subset: (batch, positions, n_features)."""
+        embedding = concat_feature_maps(feature_maps).index_select(1, self.feature_indices)
+        return embedding.flatten(2).transpose(1, 2)
+
+    @torch.no_grad()
+    def update(self, feature_maps: list[torch.Tensor]) -> None:
+        """Add one batch of training features to the running sums."""
+        embedding = self.embed(feature_maps).double()  # (batch, positions, d)
+        if self._sum is None:
+            positions, d = embedding.shape[1:]
+            self._sum = torch.zeros(positions, d, dtype=torch.float64)
+            self._outer_sum = torch.zeros(positions, d, d, dtype=torch.float64)
+        by_position = embedding.transpose(0, 1)  # (positions, batch, d)
+        self._sum += by_position.sum(dim=1)
+        self._outer_sum.baddbmm_(by_position.transpose(1, 2), by_position)
+        self._count += embedding.shape[0]
+
+    @torch.no_grad()
+    def finalize(self) -> None:
+        """Turn the running sums into means and regularized inverse covariances.
+
+        Raises ``ValueError`` with fewer than two training images.
+        """
+        if self._count < 2 or self._sum is None or self._outer_sum is None:
+            raise ValueError(f"PaDiM needs at least 2 training images, got {self._count}")
+        n = self._count
+        mean = self._sum / n
+        covariance = (self._outer_sum - n * mean.unsqueeze(2) * mean.unsqueeze(1)) / (n - 1)
+        identity = torch.eye(covariance.shape[-1], dtype=torch.float64)
+        covariance += self.regularization * identity
+        # Cholesky solve is stable for the symmetric positive-definite covariances.
+        cholesky = torch.linalg.cholesky(covariance)
+        inverse = torch.cholesky_inverse(cholesky)
+        self.mean.copy_(mean.float())
+        self.inv_covariance.copy_(inverse.float())
+        self._sum = self._outer_sum = None
+        self._count = 0
+
+    def anomaly_map(self, feature_maps: list[torch.Tensor]) -> torch.Tensor:
+        """Mahalanobis distance per position: (batch, feature_height, feature_width)."""
+        embedding = self.embed(feature_maps)  # (batch, positions, d)
+        delta = (embedding - self.mean).transpose(0, 1)  # (positions, batch, d)
+        projected = torch.bmm(delta, self.inv_covariance)  # (positions, batch, d)
+        squared = (projected * delta).sum(dim=2).clamp_min(0)  # (positions, batch)
+        batch = embedding.shape[0]
+        return squared.sqrt().transpose(0, 1).reshape(batch, *self.feature_size)
+
+    def fit(self, feature_batches, progress: bool = True) -> None:
+        """Accumulate statistics over an iterable of feature-map lists, then finalize.
+
+        ``feature_batches`` yields lists of (batch, channels_i, height_i, width_i)
+        tensors, one list per image batch; it is read once.
+        """
+        for feature_maps in feature_batches:
+            self.update(feature_maps)
+        self.finalize()
