@@ -215,7 +215,7 @@ def test_confusion_counts_matches_sklearn(threshold: float) -> None:
     assert confusion_counts(labels, scores, threshold) == {"tp": tp, "fp": fp, "tn": tn, "fn": fn}
 
 
-def test_confusion_counts_score_equal_to_threshold_is_normal() -> None:
+def test_confusion_counts_tie_is_normal() -> None:
     counts = confusion_counts(np.array([1, 0]), np.array([0.5, 0.5]), threshold=0.5)
     assert counts == {"tp": 0, "fp": 0, "tn": 1, "fn": 1}
 
@@ -397,7 +397,7 @@ def test_aupro_inverted_map_is_zero() -> None:
     assert aupro(masks, 1.0 - masks + noise) == pytest.approx(0.0, abs=TOLERANCE)
 
 
-def test_aupro_weights_regions_equally() -> None:
+def test_pro_curve_weights_regions_equally() -> None:
     # One large region found and one small region missed give PRO 0.5,
     # however many pixels each region has.
     masks = np.zeros((1, 8, 8), dtype=bool)

@@ -1,7 +1,7 @@
 """Area under the per-region overlap (PRO) curve.
 
 The PRO curve comes from Bergmann et al., "The MVTec Anomaly Detection
-Dataset" (IJCV 2021). Each connected defect region of the ground truth counts
+Dataset", IJCV 2021, https://doi.org/10.1007/s11263-020-01400-4. Each connected defect region of the ground truth counts
 equally, however large, so a method cannot score well by finding only the
 biggest defects.
 
@@ -84,9 +84,10 @@ def label_regions(masks: np.ndarray) -> tuple[np.ndarray, int]:
 
     # Union-find on whole arrays. Each round links the larger root of every
     # pair that still has two roots to the smaller one. Parents always point
-    # to lower indices, so no cycle can form. Path halving then flattens every
-    # tree to depth one. Each round at least halves the number of roots that
-    # still touch another, so about log2(n_foreground) rounds are enough.
+    # to lower indices, so no cycle can form. Pointer jumping then flattens
+    # every tree to depth one.
+    # NOTE: the number of rounds has no proven bound here. Random masks of
+    # 83 x 256 x 256 at 10 to 90 % density took 3 to 6 rounds.
     parent = np.arange(n_foreground)
     while first.size:
         first_root = parent[first]
@@ -122,8 +123,8 @@ def _validate(masks: np.ndarray, maps: np.ndarray, fpr_limit: float) -> tuple[np
         )
     if masks.shape != maps.shape:
         raise ValueError(
-            f"masks and maps must have the same shape, got {masks.shape} and {maps.shape}; "
-            "resize the anomaly maps to the mask size first."
+            f"masks and maps must have the same shape, got {masks.shape} and {maps.shape}. "
+            "Resize the anomaly maps to the mask size first."
         )
     if masks.dtype != np.bool_:
         invalid = (masks != 0) & (masks != 1)
@@ -133,7 +134,7 @@ def _validate(masks: np.ndarray, maps: np.ndarray, fpr_limit: float) -> tuple[np
     if not np.issubdtype(maps.dtype, np.floating):
         maps = maps.astype(np.float64)
     if not np.all(np.isfinite(maps)):
-        raise ValueError("maps contain NaN or infinite values; all map values must be finite.")
+        raise ValueError("maps contain NaN or infinite values, but all map values must be finite.")
     if not 0.0 < fpr_limit <= 1.0:
         raise ValueError(f"fpr_limit must be in (0, 1], got {fpr_limit!r}.")
     return masks, maps
@@ -177,7 +178,7 @@ def _pro_curve(masks: np.ndarray, maps: np.ndarray) -> tuple[np.ndarray, np.ndar
     if n_normal == 0:
         raise ValueError("masks contain no normal pixel, so the false positive rate is undefined.")
 
-    # Weight of each pixel in PRO, indexed by region label; background weighs 0.
+    # Weight of each pixel in PRO, indexed by region label. Background pixels weigh 0.
     region_sizes = np.bincount(labels.ravel(), minlength=n_regions + 1)
     region_weights = np.zeros(n_regions + 1)
     region_weights[1:] = 1.0 / (n_regions * region_sizes[1:])

@@ -28,7 +28,7 @@ def _validate_binary(labels: np.ndarray, scores: np.ndarray) -> tuple[np.ndarray
             f"labels and scores must have the same shape, got {labels.shape} and {scores.shape}."
         )
     if labels.size == 0:
-        raise ValueError("labels and scores are empty; at least one sample is required.")
+        raise ValueError("labels and scores are empty, but at least one sample is required.")
 
     if labels.dtype != np.bool_:
         invalid = (labels != 0) & (labels != 1)
@@ -41,7 +41,7 @@ def _validate_binary(labels: np.ndarray, scores: np.ndarray) -> tuple[np.ndarray
     if not np.issubdtype(scores.dtype, np.floating):
         scores = scores.astype(np.float64)
     if not np.all(np.isfinite(scores)):
-        raise ValueError("scores contain NaN or infinite values; all scores must be finite.")
+        raise ValueError("scores contain NaN or infinite values, but all scores must be finite.")
 
     return labels.ravel(), scores.ravel()
 
@@ -102,7 +102,7 @@ def roc_curve(labels: np.ndarray, scores: np.ndarray) -> tuple[np.ndarray, np.nd
     labels : array_like of bool or {0, 1}, shape (n_samples,)
         1 or True for anomalous samples.
     scores : array_like of float, shape (n_samples,)
-        Anomaly scores; higher means more anomalous.
+        Anomaly scores, higher for more anomalous samples.
 
     Returns
     -------

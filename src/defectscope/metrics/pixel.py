@@ -1,8 +1,9 @@
 """Pixel-level segmentation metrics over a whole test set.
 
 Every pixel of every image is one sample, so 83 images of 256 x 256 are about
-5.4 million samples. The areas are exact: scores are sorted once, with no
-binning, and keep their dtype, so float32 maps are not copied to float64.
+5.4 million samples. The areas are exact because every metric sorts all
+pixels instead of binning them. Maps keep their dtype, so float32 maps are
+not copied to float64.
 """
 
 from __future__ import annotations
@@ -35,8 +36,8 @@ def _validate_maps(masks: np.ndarray, maps: np.ndarray) -> tuple[np.ndarray, np.
         )
     if masks.shape != maps.shape:
         raise ValueError(
-            f"masks and maps must have the same shape, got {masks.shape} and {maps.shape}; "
-            "resize the anomaly maps to the mask size first."
+            f"masks and maps must have the same shape, got {masks.shape} and {maps.shape}. "
+            "Resize the anomaly maps to the mask size first."
         )
     return masks, maps
 

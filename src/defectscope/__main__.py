@@ -1,0 +1,3 @@
+from defectscope.cli import main
+
+main()

@@ -1,0 +1,261 @@
+"""The ``defectscope`` command: train, evaluate, predict, export, report, benchmark, demo."""
+
+from __future__ import annotations
+
+import csv
+import json
+import logging
+import sys
+from pathlib import Path
+from typing import Optional
+
+import typer
+from rich.console import Console
+from rich.logging import RichHandler
+from rich.table import Table
+
+app = typer.Typer(add_completion=False, no_args_is_help=True, help="Unsupervised visual defect detection for quality control.")
+console = Console()
+logger = logging.getLogger("defectscope")
+
+DatasetArgument = typer.Argument(None, help="MVTec AD category folder, split/manifest CSV, or 'elpv' (the embedded default).")
+CategoryOption = typer.Option(None, "--category", help="Category: an MVTec AD subfolder or a value of the CSV's 'object' column.")
+RootOption = typer.Option(None, "--root", help="Folder that the CSV's relative paths start from (default: next to the CSV).")
+NormalDirOption = typer.Option(None, "--normal-dir", help="Plain folders: training images of good parts.")
+AbnormalDirOption = typer.Option(None, "--abnormal-dir", help="Plain folders: test images of defective parts.")
+MaskDirOption = typer.Option(None, "--mask-dir", help="Plain folders: ground-truth masks, matched to images by file stem.")
+TestNormalDirOption = typer.Option(None, "--test-normal-dir", help="Plain folders: test images of good parts.")
+RuntimeOption = typer.Option("torch", "--runtime", help="Backend that runs the network: torch, onnx or openvino.")
+PrecisionOption = typer.Option("fp32", "--precision", help="OpenVINO precision: fp32 (default, exact), fp16 or int8.")
+
+
+def _setup_logging(verbose: bool) -> None:
+    handler = RichHandler(console=Console(stderr=True), show_path=False, show_time=False)
+    logging.basicConfig(level=logging.INFO if verbose else logging.WARNING, handlers=[handler], format="%(message)s", force=True)
+
+
+def _fail(message: str) -> None:
+    Console(stderr=True).print(f"[bold red]error:[/] {message}")
+    raise typer.Exit(code=2)
+
+
+def _load(dataset, category, root, normal_dir, abnormal_dir, mask_dir, test_normal_dir, validation_dir=None, validation_abnormal_dir=None):
+    from defectscope.api import load_dataset
+
+    return load_dataset(dataset, category, root, normal_dir, abnormal_dir, mask_dir, test_normal_dir, validation_dir, validation_abnormal_dir)
+
+
+def _print_metrics(metrics: dict, title: str) -> None:
+    table = Table(title=title)
+    table.add_column("metric")
+    table.add_column("value", justify="right")
+    for key in ("image_auroc", "image_aupr", "image_f1_max", "image_f1", "pixel_auroc", "pixel_aupr", "aupro", "fit_seconds", "seconds", "ms_per_image"):
+        if key in metrics and metrics[key] is not None:
+            value = metrics[key]
+            table.add_row(key, f"{value:.4f}" if isinstance(value, float) else str(value))
+    for key in ("tp", "fp", "tn", "fn"):
+        if key in metrics:
+            table.add_row(key, str(metrics[key]))
+    console.print(table)
+    if metrics.get("errors"):
+        console.print(f"[yellow]{len(metrics['errors'])} files could not be read; see the errors in metrics.json[/]")
+
+
+@app.command()
+def train(
+    dataset: Optional[str] = DatasetArgument,
+    output: Path = typer.Option(Path("runs/train"), "--output", "-o", help="Run folder for the bundle, metrics and scores."),
+    model: str = typer.Option("padim", "--model", help="Model: padim or cflow."),
+    backbone: str = typer.Option("tf_efficientnet_lite0", "--backbone", help="timm backbone: tf_efficientnet_lite0, resnet18 or wide_resnet50_2."),
+    weights: Optional[Path] = typer.Option(None, "--weights", help="ImageNet checkpoint file for the backbone (.pth or .safetensors)."),
+    input_size: int = typer.Option(256, "--input-size", help="Model input height and width in pixels."),
+    n_features: int = typer.Option(100, "--n-features", help="PaDiM: random feature subset size."),
+    epochs: int = typer.Option(3, "--epochs", help="CFLOW: training epochs over the cached features."),
+    sigma: float = typer.Option(4.0, "--sigma", help="Gaussian blur sigma of the anomaly map, in input pixels (0 turns it off)."),
+    batch_size: int = typer.Option(16, "--batch-size", help="Images per backbone batch."),
+    calibration_fraction: float = typer.Option(0.1, "--calibration-fraction", help="Share of training normals held out to fit the threshold."),
+    calibration_min: int = typer.Option(10, "--calibration-min", help="Minimum number of calibration images."),
+    threshold_quantile: float = typer.Option(1.0, "--threshold-quantile", help="Threshold = this quantile of calibration normal scores (1.0 = maximum)."),
+    validation_dir: Optional[Path] = typer.Option(None, "--validation-dir", help="Normal images to calibrate on instead of a share of the training normals."),
+    validation_abnormal_dir: Optional[Path] = typer.Option(None, "--validation-abnormal-dir", help="Defective validation images; the threshold then maximizes F1 on the validation set."),
+    seed: int = typer.Option(0, "--seed", help="Seed of the calibration split, feature subset and flow training."),
+    category: Optional[str] = CategoryOption,
+    root: Optional[Path] = RootOption,
+    normal_dir: Optional[Path] = NormalDirOption,
+    abnormal_dir: Optional[Path] = AbnormalDirOption,
+    mask_dir: Optional[Path] = MaskDirOption,
+    test_normal_dir: Optional[Path] = TestNormalDirOption,
+    quiet: bool = typer.Option(False, "--quiet", "-q", help="Hide progress bars and info logs."),
+) -> None:
+    """Train a model on good parts, calibrate its threshold, save a bundle, evaluate on the test split."""
+    _setup_logging(not quiet)
+    from defectscope.training import TrainConfig, train as run_training
+
+    options = {"n_features": n_features} if model == "padim" else {"epochs": epochs, "seed": seed}
+    config = TrainConfig(
+        model=model, backbone=backbone, weights=str(weights) if weights else None, input_size=input_size, sigma=sigma,
+        batch_size=batch_size, calibration_fraction=calibration_fraction, calibration_min=calibration_min,
+        threshold_quantile=threshold_quantile, seed=seed, model_options=options,
+    )
+    try:
+        samples = _load(dataset, category, root, normal_dir, abnormal_dir, mask_dir, test_normal_dir, validation_dir, validation_abnormal_dir)
+        result = run_training(samples, output, config, progress=not quiet)
+    except (ValueError, FileNotFoundError) as error:
+        _fail(str(error))
+        return
+    console.print(f"fit {result.fit_seconds:.1f} s, threshold {result.metadata['normalization']['threshold']:.4g} ({result.metadata['threshold_rule']})")
+    if result.evaluation is not None:
+        _print_metrics(result.evaluation.metrics, f"{model} on the test split")
+    console.print(f"bundle: {result.bundle_dir}")
+    for name, path in result.files.items():
+        console.print(f"{name}: {path}")
+
+
+@app.command()
+def evaluate(
+    bundle: Path = typer.Argument(..., help="Bundle directory written by `defectscope train`."),
+    dataset: Optional[str] = DatasetArgument,
+    output: Optional[Path] = typer.Option(None, "--output", "-o", help="Folder for metrics.json and scores.csv (default: next to the bundle)."),
+    runtime: str = RuntimeOption,
+    precision: str = PrecisionOption,
+    batch_size: int = typer.Option(16, "--batch-size", help="Images per batch."),
+    category: Optional[str] = CategoryOption,
+    root: Optional[Path] = RootOption,
+    normal_dir: Optional[Path] = NormalDirOption,
+    abnormal_dir: Optional[Path] = AbnormalDirOption,
+    mask_dir: Optional[Path] = MaskDirOption,
+    test_normal_dir: Optional[Path] = TestNormalDirOption,
+    quiet: bool = typer.Option(False, "--quiet", "-q", help="Hide progress bars and info logs."),
+) -> None:
+    """Evaluate a bundle on a dataset's test split: image and pixel metrics, per-image scores."""
+    _setup_logging(not quiet)
+    from defectscope.api import evaluate as run_evaluation
+    from defectscope.evaluation import write_metrics_json, write_scores_csv
+
+    output = output or bundle.resolve().parent / f"evaluation-{runtime}"
+    try:
+        samples = _load(dataset, category, root, normal_dir, abnormal_dir, mask_dir, test_normal_dir)
+        result = run_evaluation(bundle, samples, runtime, precision, batch_size, progress=not quiet)
+    except (ValueError, FileNotFoundError, ImportError) as error:
+        _fail(str(error))
+        return
+    result.metrics["runtime"] = runtime
+    _print_metrics(result.metrics, f"evaluation ({runtime})")
+    console.print(f"metrics: {write_metrics_json(result.metrics, output / 'metrics.json')}")
+    console.print(f"scores: {write_scores_csv(result, output / 'scores.csv')}")
+
+
+def write_predictions(predictions, output: Path, overlays: bool, scale) -> dict[str, Path]:
+    """Write predictions.csv, predictions.json and overlay PNGs; return their paths."""
+    from defectscope.data.image_io import ImageReadError, read_image
+    from defectscope.report.overlay import overlay, save_png
+
+    output.mkdir(parents=True, exist_ok=True)
+    rows = []
+    overlay_dir = output / "overlays"
+    for index, prediction in enumerate(predictions):
+        row = {
+            "image": prediction.image_path,
+            "image_score": None if prediction.error else prediction.image_score,
+            "normalized_score": None if prediction.error or prediction.is_anomalous is None else prediction.normalized_score,
+            "is_anomalous": prediction.is_anomalous,
+            "overlay": "",
+            "error": prediction.error or "",
+        }
+        if overlays and prediction.error is None and scale is not None:
+            try:
+                image = read_image(prediction.image_path)
+            except ImageReadError as error:
+                row["error"] = str(error)
+            else:
+                picture = overlay(image, scale.normalize(prediction.anomaly_map), prediction.pred_mask)
+                row["overlay"] = str(save_png(picture, overlay_dir / f"{index:05d}_{Path(prediction.image_path).stem}.png"))
+        rows.append(row)
+    csv_path = output / "predictions.csv"
+    with open(csv_path, "w", newline="", encoding="utf-8") as handle:
+        writer = csv.DictWriter(handle, fieldnames=list(rows[0]) if rows else ["image"])
+        writer.writeheader()
+        writer.writerows(rows)
+    json_path = output / "predictions.json"
+    json_path.write_text(json.dumps(rows, indent=2) + "\n", encoding="utf-8")
+    files = {"csv": csv_path, "json": json_path}
+    if overlays and any(row["overlay"] for row in rows):
+        files["overlays"] = overlay_dir
+    return files
+
+
+@app.command()
+def predict(
+    bundle: Path = typer.Argument(..., help="Bundle directory written by `defectscope train`."),
+    images: list[Path] = typer.Argument(..., help="Image files or folders of images."),
+    output: Path = typer.Option(Path("runs/predict"), "--output", "-o", help="Folder for predictions.csv/.json and overlays."),
+    runtime: str = RuntimeOption,
+    precision: str = PrecisionOption,
+    batch_size: int = typer.Option(16, "--batch-size", help="Images per batch."),
+    overlays: bool = typer.Option(True, "--overlays/--no-overlays", help="Write heat-map overlay PNGs."),
+    quiet: bool = typer.Option(False, "--quiet", "-q", help="Hide info logs."),
+) -> None:
+    """Score images with a bundle: scores and labels as CSV and JSON, heat-map overlays as PNG."""
+    _setup_logging(not quiet)
+    from defectscope.api import list_images
+    from defectscope.runtime.inferencer import Inferencer
+
+    try:
+        paths = list_images(images)
+        inferencer = Inferencer.load(bundle, runtime, precision)
+    except (ValueError, FileNotFoundError, ImportError) as error:
+        _fail(str(error))
+        return
+    predictions = inferencer.predict(paths, batch_size)
+    files = write_predictions(predictions, output, overlays, inferencer.scale)
+    failed = sum(1 for p in predictions if p.error)
+    flagged = sum(1 for p in predictions if p.is_anomalous)
+    console.print(f"{len(predictions) - failed} images scored, {flagged} anomalous, {failed} failed")
+    for name, path in files.items():
+        console.print(f"{name}: {path}")
+    if failed == len(predictions):
+        raise typer.Exit(code=1)
+
+
+@app.command()
+def demo(
+    output: Path = typer.Option(Path("runs/demo"), "--output", "-o", help="Folder for the demo's bundle, metrics and predictions."),
+    model: str = typer.Option("padim", "--model", help="Model: padim or cflow."),
+    full: bool = typer.Option(False, "--full", help="Use all ELPV cells instead of the quick subset."),
+    quiet: bool = typer.Option(False, "--quiet", "-q", help="Hide progress bars and info logs."),
+) -> None:
+    """Run the main job on the embedded ELPV solar-cell data: train, evaluate, predict a few images."""
+    _setup_logging(not quiet)
+    from defectscope.data.datasets import read_elpv
+    from defectscope.demo import demo_subset
+    from defectscope.runtime.inferencer import Inferencer
+    from defectscope.training import TrainConfig, train as run_training
+
+    samples = read_elpv()
+    if not full:
+        samples = demo_subset(samples)
+    console.print(f"ELPV solar cells: {sum(s.split == 'train' for s in samples)} training normals, {sum(s.split == 'test' for s in samples)} test images")
+    options = {"n_features": 100} if model == "padim" else {"epochs": 3}
+    result = run_training(samples, output, TrainConfig(model=model, model_options=options), progress=not quiet)
+    _print_metrics(result.evaluation.metrics, f"{model} on ELPV test cells")
+
+    test = [s for s in samples if s.split == "test"]
+    chosen = [s.image_path for s in test if s.label == 1][:3] + [s.image_path for s in test if s.label == 0][:3]
+    inferencer = Inferencer.load(result.bundle_dir)
+    predictions = inferencer.predict(chosen)
+    files = write_predictions(predictions, output / "predictions", True, inferencer.scale)
+    for prediction in predictions:
+        verdict = "anomalous" if prediction.is_anomalous else "normal"
+        console.print(f"{Path(prediction.image_path).name}: score {prediction.normalized_score:.3f} -> {verdict}")
+    console.print(f"bundle: {result.bundle_dir}")
+    for name, path in {**result.files, **{f'predictions {k}': v for k, v in files.items()}}.items():
+        console.print(f"{name}: {path}")
+
+
+def main() -> None:
+    """Entry point for ``python -m defectscope``."""
+    app()
+
+
+if __name__ == "__main__":
+    sys.exit(main())

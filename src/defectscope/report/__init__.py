@@ -1,0 +1,1 @@
+"""Pictures and reports: heat-map overlays, panels, HTML report, plots."""
