@@ -27,6 +27,7 @@ MaskDirOption = typer.Option(None, "--mask-dir", help="Plain folders: ground-tru
 TestNormalDirOption = typer.Option(None, "--test-normal-dir", help="Plain folders: test images of good parts.")
 RuntimeOption = typer.Option("torch", "--runtime", help="Backend that runs the network: torch, onnx or openvino.")
 PrecisionOption = typer.Option("fp32", "--precision", help="OpenVINO precision: fp32 (default, exact), fp16 or int8.")
+ReportOption = typer.Option(True, "--report/--no-report", help="Write report.html (metrics, curves, image panels) next to the metrics.")
 
 
 def _setup_logging(verbose: bool) -> None:
@@ -43,6 +44,17 @@ def _load(dataset, category, root, normal_dir, abnormal_dir, mask_dir, test_norm
     from defectscope.api import load_dataset
 
     return load_dataset(dataset, category, root, normal_dir, abnormal_dir, mask_dir, test_normal_dir, validation_dir, validation_abnormal_dir)
+
+
+def _write_report(evaluation, metadata: dict, output: Path, source: str, files: dict) -> None:
+    """Write ``output/report.html`` and add it to ``files``; a failed report is shown as an error but keeps the run's other outputs."""
+    from defectscope.report.html import REPORT_NAME, write_report
+
+    try:
+        files["report"] = write_report(evaluation, metadata, output / REPORT_NAME, source=source)
+    except (ValueError, OSError) as error:
+        logger.error("report not written: %s", error)
+        Console(stderr=True).print(f"[bold red]error:[/] report not written: {error}")
 
 
 def _print_metrics(metrics: dict, title: str) -> None:
@@ -85,6 +97,7 @@ def train(
     abnormal_dir: Optional[Path] = AbnormalDirOption,
     mask_dir: Optional[Path] = MaskDirOption,
     test_normal_dir: Optional[Path] = TestNormalDirOption,
+    report: bool = ReportOption,
     quiet: bool = typer.Option(False, "--quiet", "-q", help="Hide progress bars and info logs."),
 ) -> None:
     """Train a model on good parts, calibrate its threshold, save a bundle, evaluate on the test split."""
@@ -106,6 +119,8 @@ def train(
     console.print(f"fit {result.fit_seconds:.1f} s, threshold {result.metadata['normalization']['threshold']:.4g} ({result.metadata['threshold_rule']})")
     if result.evaluation is not None:
         _print_metrics(result.evaluation.metrics, f"{model} on the test split")
+        if report:
+            _write_report(result.evaluation, result.metadata, output, str(result.files["split"]), result.files)
     console.print(f"bundle: {result.bundle_dir}")
     for name, path in result.files.items():
         console.print(f"{name}: {path}")
@@ -125,11 +140,14 @@ def evaluate(
     abnormal_dir: Optional[Path] = AbnormalDirOption,
     mask_dir: Optional[Path] = MaskDirOption,
     test_normal_dir: Optional[Path] = TestNormalDirOption,
+    report: bool = ReportOption,
     quiet: bool = typer.Option(False, "--quiet", "-q", help="Hide progress bars and info logs."),
 ) -> None:
-    """Evaluate a bundle on a dataset's test split: image and pixel metrics, per-image scores."""
+    """Evaluate a bundle on a dataset's test split: image and pixel metrics, per-image scores, HTML report."""
     _setup_logging(not quiet)
     from defectscope.api import evaluate as run_evaluation
+    from defectscope.bundle.metadata import read_metadata
+    from defectscope.data.datasets import write_manifest
     from defectscope.evaluation import write_metrics_json, write_scores_csv
 
     output = output or bundle.resolve().parent / f"evaluation-{runtime}"
@@ -140,9 +158,18 @@ def evaluate(
         _fail(str(error))
         return
     result.metrics["runtime"] = runtime
+    result.metrics["bundle"] = str(bundle.resolve())
     _print_metrics(result.metrics, f"evaluation ({runtime})")
     console.print(f"metrics: {write_metrics_json(result.metrics, output / 'metrics.json')}")
     console.print(f"scores: {write_scores_csv(result, output / 'scores.csv')}")
+    # The test split and the bundle path let `defectscope report` rebuild this folder's report later.
+    split = write_manifest(result.samples, output / "split.csv")
+    console.print(f"split: {split}")
+    if report:
+        files: dict[str, Path] = {}
+        _write_report(result, read_metadata(bundle), output, str(split), files)
+        for name, path in files.items():
+            console.print(f"{name}: {path}")
 
 
 def write_predictions(predictions, output: Path, overlays: bool, scale) -> dict[str, Path]:
@@ -250,6 +277,66 @@ def demo(
     console.print(f"bundle: {result.bundle_dir}")
     for name, path in {**result.files, **{f'predictions {k}': v for k, v in files.items()}}.items():
         console.print(f"{name}: {path}")
+
+
+@app.command()
+def report(
+    run_dir: Path = typer.Argument(..., help="Run folder written by `defectscope train` or `defectscope evaluate`."),
+    output: Optional[Path] = typer.Option(None, "--output", "-o", help="HTML file to write (default: RUN_DIR/report.html)."),
+    bundle: Optional[Path] = typer.Option(None, "--bundle", help="Bundle directory (default: RUN_DIR/bundle, or the bundle named in RUN_DIR/metrics.json)."),
+    runtime: str = RuntimeOption,
+    batch_size: int = typer.Option(16, "--batch-size", help="Images per batch when re-scoring the test images."),
+    gallery_size: int = typer.Option(6, "--gallery-size", help="Panels per gallery (false negatives, false positives, best detections)."),
+    tile_size: int = typer.Option(160, "--tile-size", help="Longer side of each panel tile in pixels."),
+    quiet: bool = typer.Option(False, "--quiet", "-q", help="Hide progress bars and info logs."),
+) -> None:
+    """Write a self-contained HTML report of a run: metrics, curves, histograms, per-defect counts, image panels."""
+    _setup_logging(not quiet)
+    from defectscope.report.html import ReportOptions
+    from defectscope.report.run_folder import report_run
+
+    options = ReportOptions(gallery_size=gallery_size, tile_size=tile_size)
+    try:
+        path = report_run(run_dir, output, bundle, runtime, batch_size, options, progress=not quiet)
+    except (ValueError, FileNotFoundError, ImportError) as error:
+        _fail(str(error))
+        return
+    console.print(f"report: {path} ({path.stat().st_size / 1e6:.1f} MB)")
+
+
+@app.command()
+def benchmark(
+    datasets: list[str] = typer.Option(..., "--dataset", "-d", help="Dataset as [NAME=]SPEC[#CATEGORY], SPEC as `train` accepts it; repeat for more."),
+    models: str = typer.Option("padim", "--models", "-m", help="Comma-separated models, e.g. padim,cflow."),
+    output: Path = typer.Option(Path("runs/benchmark"), "--output", "-o", help="Folder for the runs and benchmark.md / benchmark.csv."),
+    references: Optional[Path] = typer.Option(None, "--references", help="CSV of reference figures with the columns model,dataset,metric,value."),
+    input_size: Optional[int] = typer.Option(None, "--input-size", help="Passed to every `train` run."),
+    backbone: Optional[str] = typer.Option(None, "--backbone", help="Passed to every `train` run."),
+    epochs: Optional[int] = typer.Option(None, "--epochs", help="Passed to every `train` run (CFLOW epochs)."),
+    timeout: Optional[float] = typer.Option(None, "--timeout", help="Seconds after which one run is stopped and marked failed."),
+    quiet: bool = typer.Option(False, "--quiet", "-q", help="Hide info logs."),
+) -> None:
+    """Train each model on each dataset in its own process; write Markdown and CSV tables of metrics, time and memory."""
+    _setup_logging(not quiet)
+    from defectscope.report.benchmark import parse_dataset, read_references, run_benchmark
+
+    train_args: list[str] = []
+    for flag, value in (("--input-size", input_size), ("--backbone", backbone), ("--epochs", epochs)):
+        if value is not None:
+            train_args += [flag, str(value)]
+    try:
+        specs = [parse_dataset(text) for text in datasets]
+        reference_values = read_references(references) if references else None
+    except (ValueError, OSError) as error:
+        _fail(str(error))
+        return
+    model_names = [name.strip() for name in models.split(",") if name.strip()]
+    runs, markdown_path, csv_path = run_benchmark(model_names, specs, output, train_args, reference_values, timeout)
+    console.print(markdown_path.read_text(encoding="utf-8"))
+    console.print(f"markdown: {markdown_path}")
+    console.print(f"csv: {csv_path}")
+    if all(run.error for run in runs):
+        raise typer.Exit(code=1)
 
 
 def main() -> None:

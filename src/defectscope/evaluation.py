@@ -26,9 +26,11 @@ logger = logging.getLogger(__name__)
 class EvaluationResult:
     """Metrics and per-image predictions of one evaluation run.
 
-    ``maps`` is float32 (n_scored, height, width) at the model input size and
-    ``masks`` bool of the same shape (None without ground-truth masks); rows
-    follow ``scored``, the samples that were read and scored.
+    ``maps`` is float32 (n_scored, height, width) at the model input size;
+    its rows follow ``scored``, the samples that were read and scored.
+    ``masks`` is bool (n_masks, height, width), or None without ground-truth
+    masks, and ``mask_rows[k]`` is the row of ``maps`` that ``masks[k]``
+    belongs to: anomalous images without a mask have no row in ``masks``.
     """
 
     metrics: dict[str, Any]
@@ -37,6 +39,7 @@ class EvaluationResult:
     scored: list[int] = field(default_factory=list)
     maps: np.ndarray | None = None
     masks: np.ndarray | None = None
+    mask_rows: list[int] = field(default_factory=list)
 
 
 def evaluate(inferencer: Inferencer, samples: list[Sample], batch_size: int = 16, progress: bool = True) -> EvaluationResult:
@@ -73,7 +76,7 @@ def evaluate(inferencer: Inferencer, samples: list[Sample], batch_size: int = 16
     metrics["seconds"] = round(seconds, 3)
     metrics["ms_per_image"] = round(1000 * seconds / len(samples), 2)
     metrics["errors"] = errors
-    return EvaluationResult(metrics, samples, predictions, scored, maps, masks)
+    return EvaluationResult(metrics, samples, predictions, scored, maps, masks, pixel_rows)
 
 
 def _read_masks(samples, predictions, scored, input_size, errors) -> tuple[np.ndarray | None, list[int]]:
