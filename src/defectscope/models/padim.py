@@ -26,7 +26,10 @@ class Padim(nn.Module):
 
     Fitting streams over batches: running sums of features and of their outer
     products are kept in float64, so training memory is fixed by the feature
-    map size, not by the number of images.
+    map size, not by the number of images. Features are shifted by the first
+    batch's mean before the sums (the shifted-data algorithm), which keeps the
+    per-batch products accurate in float32 and the final covariance free of
+    cancellation.
 
     Parameters
     ----------
@@ -53,6 +56,7 @@ class Padim(nn.Module):
         self.register_buffer("feature_indices", indices)
         self.register_buffer("mean", torch.zeros(positions, n_features))
         self.register_buffer("inv_covariance", torch.zeros(positions, n_features, n_features))
+        self._shift: torch.Tensor | None = None
         self._sum: torch.Tensor | None = None
         self._outer_sum: torch.Tensor | None = None
         self._count = 0
@@ -65,14 +69,15 @@ class Padim(nn.Module):
     @torch.no_grad()
     def update(self, feature_maps: list[torch.Tensor]) -> None:
         """Add one batch of training features to the running sums."""
-        embedding = self.embed(feature_maps).double()  # (batch, positions, d)
-        if self._sum is None:
+        embedding = self.embed(feature_maps).float()  # (batch, positions, d)
+        if self._shift is None:
             positions, d = embedding.shape[1:]
+            self._shift = embedding.mean(dim=0)
             self._sum = torch.zeros(positions, d, dtype=torch.float64)
             self._outer_sum = torch.zeros(positions, d, d, dtype=torch.float64)
-        by_position = embedding.transpose(0, 1)  # (positions, batch, d)
-        self._sum += by_position.sum(dim=1)
-        self._outer_sum.baddbmm_(by_position.transpose(1, 2), by_position)
+        by_position = (embedding - self._shift).transpose(0, 1).contiguous()  # (positions, batch, d)
+        self._sum += by_position.sum(dim=1).double()
+        self._outer_sum += torch.bmm(by_position.transpose(1, 2), by_position).double()
         self._count += embedding.shape[0]
 
     @torch.no_grad()
@@ -84,8 +89,9 @@ class Padim(nn.Module):
         if self._count < 2 or self._sum is None or self._outer_sum is None:
             raise ValueError(f"PaDiM needs at least 2 training images, got {self._count}")
         n = self._count
-        mean = self._sum / n
-        covariance = (self._outer_sum - n * mean.unsqueeze(2) * mean.unsqueeze(1)) / (n - 1)
+        shifted_mean = self._sum / n
+        covariance = (self._outer_sum - n * shifted_mean.unsqueeze(2) * shifted_mean.unsqueeze(1)) / (n - 1)
+        mean = shifted_mean + self._shift.double()
         identity = torch.eye(covariance.shape[-1], dtype=torch.float64)
         covariance += self.regularization * identity
         # Cholesky solve is stable for the symmetric positive-definite covariances.
@@ -93,7 +99,7 @@ class Padim(nn.Module):
         inverse = torch.cholesky_inverse(cholesky)
         self.mean.copy_(mean.float())
         self.inv_covariance.copy_(inverse.float())
-        self._sum = self._outer_sum = None
+        self._shift = self._sum = self._outer_sum = None
         self._count = 0
 
     def anomaly_map(self, feature_maps: list[torch.Tensor]) -> torch.Tensor:

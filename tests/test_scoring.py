@@ -1,0 +1,85 @@
+"""Tests for the shared pre/post-processing and threshold fitting."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from defectscope.scoring.processing import ScoreScale, postprocess, preprocess, resize_mask
+from defectscope.scoring.smoothing import GaussianBlur, MapSmoother, gaussian_kernel_size
+from defectscope.scoring.thresholds import fit_threshold
+
+
+def test_preprocess_shape_and_normalization():
+    image = np.full((30, 40, 3), 255, dtype=np.uint8)
+    tensor = preprocess(image, (16, 16), mean=(0.5, 0.5, 0.5), std=(0.5, 0.5, 0.5))
+    assert tensor.shape == (3, 16, 16)
+    assert tensor.dtype == np.float32
+    assert np.allclose(tensor, 1.0)
+
+
+@pytest.mark.parametrize("bad", [np.zeros((8, 8, 3), np.float32), np.zeros((8, 8), np.uint8), np.zeros((8, 8, 4), np.uint8)])
+def test_preprocess_rejects_wrong_input(bad):
+    with pytest.raises(ValueError, match="uint8 RGB"):
+        preprocess(bad, (8, 8), (0.5,) * 3, (0.5,) * 3)
+
+
+def test_score_scale_maps_threshold_to_half():
+    scale = ScoreScale(threshold=10.0, low=2.0)
+    assert scale.normalize(10.0) == pytest.approx(0.5)
+    assert scale.normalize(2.0) == pytest.approx(0.0)
+    assert scale.normalize(18.0) == pytest.approx(1.0)
+    assert scale.normalize(100.0) == pytest.approx(1.0)
+
+
+def test_postprocess_label_agrees_with_mask():
+    anomaly_map = np.zeros((8, 8), np.float32)
+    anomaly_map[2, 3] = 5.0
+    scale = ScoreScale(threshold=4.0, low=0.0)
+    prediction = postprocess("part.png", anomaly_map, scale)
+    assert prediction.is_anomalous
+    assert prediction.image_score == 5.0
+    assert prediction.pred_mask.sum() == 1
+    assert prediction.normalized_score > 0.5
+
+
+def test_resize_mask_stays_binary():
+    mask = np.zeros((10, 10), bool)
+    mask[2:5, 2:5] = True
+    resized = resize_mask(mask, (20, 20))
+    assert resized.dtype == bool
+    assert resized.sum() == 36
+
+
+def test_blur_preserves_constant_map():
+    maps = torch.full((1, 1, 40, 40), 3.0)
+    assert torch.allclose(GaussianBlur(4.0)(maps), maps, atol=1e-5)
+
+
+def test_kernel_size_for_sigma_four():
+    assert gaussian_kernel_size(4.0) == 33
+
+
+def test_smoother_output_size():
+    smoother = MapSmoother((64, 48), sigma=2.0)
+    assert smoother(torch.rand(2, 16, 12)).shape == (2, 64, 48)
+
+
+def test_threshold_default_is_calibration_max():
+    threshold, rule = fit_threshold(np.array([1.0, 3.0, 2.0]))
+    assert threshold == 3.0
+    assert "quantile 1" in rule
+
+
+def test_threshold_uses_f1_with_labelled_calibration():
+    scores = np.array([1.0, 2.0, 3.0, 8.0, 9.0])
+    labels = np.array([0, 0, 0, 1, 1])
+    threshold, rule = fit_threshold(scores, labels)
+    assert 3.0 <= threshold < 8.0
+    assert "F1" in rule
+
+
+def test_threshold_rejects_empty_scores():
+    with pytest.raises(ValueError, match="empty"):
+        fit_threshold(np.array([]))
