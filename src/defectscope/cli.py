@@ -245,6 +245,30 @@ def predict(
 
 
 @app.command()
+def export(
+    bundle: Path = typer.Argument(..., help="Bundle directory written by `defectscope train`."),
+    format: str = typer.Option("all", "--format", help="Export format: onnx, openvino or all."),
+    precision: list[str] = typer.Option(["fp32"], "--precision", help="OpenVINO precision: fp32, fp16 or int8; repeat the option for several."),
+    calibration_images: Optional[Path] = typer.Option(None, "--calibration-images", help="Folder of good-part images for int8 (default: the calibration split in split.csv next to the bundle)."),
+    quiet: bool = typer.Option(False, "--quiet", "-q", help="Hide info logs."),
+) -> None:
+    """Export a bundle's network to ONNX and OpenVINO IR for torch-free inference."""
+    _setup_logging(not quiet)
+    from defectscope.api import list_images
+    from defectscope.bundle.export import export_bundle
+
+    try:
+        images = list_images([calibration_images]) if calibration_images else None
+        written = export_bundle(bundle, format, precision, images)
+    except (ValueError, FileNotFoundError, ImportError) as error:
+        _fail(str(error))
+        return
+    for key, path in written.items():
+        console.print(f"{key}: {path}")
+    console.print(f"metadata: {bundle / 'metadata.json'}")
+
+
+@app.command()
 def demo(
     output: Path = typer.Option(Path("runs/demo"), "--output", "-o", help="Folder for the demo's bundle, metrics and predictions."),
     model: str = typer.Option("padim", "--model", help="Model: padim or cflow."),
