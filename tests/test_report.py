@@ -122,7 +122,7 @@ def test_classification_panel_is_rgb():
 def test_colour_bar_spans_the_colour_map():
     bar = colour_bar(width=200, height=10)
     ramp = colorize(np.linspace(0.0, 1.0, 200, dtype=np.float32)[None, :])[0]
-    # Columns 2 and 197 of the ramp sit just inside the tick marks at 0 and 1; the ramp starts 12 pixels in.
+    # The ramp starts 12 pixels in, and its columns 2 and 197 sit just inside the tick marks at 0 and 1.
     assert tuple(bar[5, 12 + 2]) == tuple(ramp[2])
     assert tuple(bar[5, 12 + 197]) == tuple(ramp[197])
     assert tuple(ramp[0]) == tuple(colorize(np.array([[0.0]], dtype=np.float32))[0, 0])
@@ -177,7 +177,7 @@ def test_histogram_svg_counts_outliers_in_last_bin():
 
 @needs_bottle
 def test_mask_rows_follow_scored_rows(tiny_run, tmp_path):
-    # An anomalous image without a mask gets no mask row; the rows after it must still point at their own maps.
+    # An anomalous image without a mask gets no mask row, but the rows after it must still point at their own maps.
     samples = [s for s in tiny_samples() if s.split == "test"]
     dropped = next(i for i, s in enumerate(samples) if s.label == 1)
     samples[dropped] = replace(samples[dropped], mask_path=None)

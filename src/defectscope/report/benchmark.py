@@ -164,7 +164,7 @@ def run_one(model: str, dataset: DatasetSpec, run_dir: Path, train_args: list[st
     else:
         tail = log_path.read_text(encoding="utf-8", errors="replace").strip().splitlines()[-3:]
         run.error = f"exit code {process.returncode}: " + " / ".join(tail)
-        logger.error("%s on %s failed (%s); log: %s", model, dataset.name, run.error, log_path)
+        logger.error("%s on %s failed (%s), log in %s", model, dataset.name, run.error, log_path)
     return run
 
 

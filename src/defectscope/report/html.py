@@ -258,7 +258,7 @@ def render_report(evaluation: EvaluationResult, metadata: dict[str, Any], source
     if not normalization:
         raise ValueError("the bundle metadata has no 'normalization' (threshold): retrain the bundle with `defectscope train`")
     if evaluation.maps is None:
-        raise ValueError("no test image was scored, so there is nothing to report; see metrics['errors'] for the files that failed")
+        raise ValueError("no test image was scored, so there is nothing to report. metrics['errors'] lists the files that failed")
     scale = ScoreScale(normalization["threshold"], normalization["low"])
     images = scored_images(evaluation)
 

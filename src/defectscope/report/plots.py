@@ -145,14 +145,17 @@ def histogram_svg(
     Both histograms share bins from the lowest score to the larger of the
     threshold and the ``upper_quantile`` of all scores, so a few very high
     scores do not squash the rest; scores above that range are counted in
-    the last bin, and the x label says so. Bar heights are image counts.
+    the last bin, and the x label names that bin's lower edge. Bar heights are image counts.
     Returns an ``<svg>`` element as text.
     """
     normal_scores = np.asarray(normal_scores, dtype=np.float64)
     anomalous_scores = np.asarray(anomalous_scores, dtype=np.float64)
     scores = np.concatenate([normal_scores, anomalous_scores])
-    low = float(min(scores.min(), threshold if threshold is not None else np.inf)) if scores.size else 0.0
-    high = float(max(np.quantile(scores, upper_quantile), threshold if threshold is not None else -np.inf)) if scores.size else 1.0
+    range_values = [float(scores.min()), float(np.quantile(scores, upper_quantile))] if scores.size else [0.0, 1.0]
+    if threshold is not None:
+        range_values.append(float(threshold))
+    low = min(range_values)
+    high = max(range_values[1:])
     if high <= low:
         low, high = low - 0.5, high + 0.5
     if scores.size and scores.max() > high:

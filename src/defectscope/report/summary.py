@@ -1,7 +1,7 @@
-"""What a report shows, computed from an evaluation: curves, per-defect counts and gallery picks.
+"""Report content computed from an evaluation: curves, per-defect counts and gallery picks.
 
 Everything here works on an ``EvaluationResult`` and the calibrated
-threshold, and returns plain numbers and row indices; ``html`` draws them.
+threshold, and returns plain numbers and row indices for ``html`` to draw.
 """
 
 from __future__ import annotations
