@@ -83,6 +83,9 @@ def train(
     input_size: int = typer.Option(256, "--input-size", help="Model input height and width in pixels."),
     n_features: int = typer.Option(100, "--n-features", help="PaDiM: random feature subset size."),
     epochs: int = typer.Option(3, "--epochs", help="CFLOW: training epochs over the cached features."),
+    coupling_blocks: int = typer.Option(8, "--coupling-blocks", help="CFLOW: coupling blocks per normalizing flow."),
+    fiber_batch_size: int = typer.Option(1024, "--fiber-batch-size", help="CFLOW: feature vectors per optimizer step."),
+    fibers_per_image: int = typer.Option(256, "--fibers-per-image", help="CFLOW: feature vectors drawn per image and level each epoch (0 = all)."),
     sigma: float = typer.Option(4.0, "--sigma", help="Gaussian blur sigma of the anomaly map, in input pixels (0 turns it off)."),
     batch_size: int = typer.Option(16, "--batch-size", help="Images per backbone batch."),
     calibration_fraction: float = typer.Option(0.1, "--calibration-fraction", help="Share of training normals held out to fit the threshold."),
@@ -104,7 +107,10 @@ def train(
     _setup_logging(not quiet)
     from defectscope.training import TrainConfig, train as run_training
 
-    options = {"n_features": n_features} if model == "padim" else {"epochs": epochs, "seed": seed}
+    options = {"n_features": n_features} if model == "padim" else {
+        "epochs": epochs, "coupling_blocks": coupling_blocks, "fiber_batch_size": fiber_batch_size,
+        "fibers_per_image": fibers_per_image, "seed": seed,
+    }
     config = TrainConfig(
         model=model, backbone=backbone, weights=str(weights) if weights else None, input_size=input_size, sigma=sigma,
         batch_size=batch_size, calibration_fraction=calibration_fraction, calibration_min=calibration_min,
