@@ -142,7 +142,7 @@ def test_anomaly_map_shape(backbone, bottle_images, trained_head):
 
 
 @needs_bottle
-def test_image_score_same_alone_and_in_batch_of_32(backbone, bottle_images, trained_head):
+def test_score_independent_of_batch(backbone, bottle_images, trained_head):
     model = AnomalyModel(backbone, trained_head, INPUT_SIZE).eval()
     test_images = torch.from_numpy(bottle_images[8:40])
     assert test_images.shape[0] == 32

@@ -14,10 +14,10 @@ with the arctangent, ``s = alpha * 2 / pi * atan(s_raw / alpha)``, so that
 ``|s| < alpha`` (``clamp_alpha``, 1.9 by default) and ``exp(s)`` stays finite.
 
 The blocks are written here instead of taken from FrEIA (PyPI ``freia`` 0.2).
-FrEIA 0.2 does run with torch 2.14 and its ``AllInOneBlock`` does export to
-ONNX, but its permutations come from NumPy's global random state, its last
-release is from 2022, and a plain block lets the subnet split its first layer
-into a fiber part and a position part. The position part depends only on the
+FrEIA 0.2 does run with torch 2.14, and its ``AllInOneBlock`` does export to
+ONNX. Still, its permutations come from NumPy's global random state and its
+last release is from 2022. A block of our own also lets the subnet split its
+first layer into a fiber part and a position part. The position part depends only on the
 position, so it is computed once per position and shared by every image in a
 batch (at inference) or gathered per fiber (in training).
 
@@ -87,14 +87,15 @@ class CouplingBlock(nn.Module):
 
     def __init__(self, channels: int, condition_dims: int, clamp_alpha: float, permutation: torch.Tensor) -> None:
         super().__init__()
-        self.kept = channels // 2
-        transformed = channels - self.kept
+        # The first (passive) half passes unchanged and conditions the scaling of the second (active) half.
+        self.passive_channels = channels // 2
+        active_channels = channels - self.passive_channels
         # Subnet width as in CFLOW-AD: twice the subnet's input size.
-        hidden = 2 * (self.kept + condition_dims)
+        hidden = 2 * (self.passive_channels + condition_dims)
         self.clamp_alpha = float(clamp_alpha)
-        self.input_layer = nn.Linear(self.kept, hidden)
+        self.input_layer = nn.Linear(self.passive_channels, hidden)
         self.condition_layer = nn.Linear(condition_dims, hidden, bias=False)
-        self.output_layer = nn.Linear(hidden, 2 * transformed)
+        self.output_layer = nn.Linear(hidden, 2 * active_channels)
         # A zero output layer makes every block start as the identity map.
         nn.init.zeros_(self.output_layer.weight)
         nn.init.zeros_(self.output_layer.bias)
@@ -102,14 +103,14 @@ class CouplingBlock(nn.Module):
 
     def forward(self, fibers: torch.Tensor, condition_bias: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         fibers = fibers.index_select(-1, self.permutation)
-        kept, transformed = fibers[..., : self.kept], fibers[..., self.kept :]
+        passive, active = fibers[..., : self.passive_channels], fibers[..., self.passive_channels :]
 
-        hidden = F.relu(self.input_layer(kept) + condition_bias)
+        hidden = F.relu(self.input_layer(passive) + condition_bias)
         raw_scale, shift = self.output_layer(hidden).chunk(2, dim=-1)
         scale = soft_clamp(raw_scale, self.clamp_alpha)
 
-        transformed = transformed * torch.exp(scale) + shift
-        return torch.cat([kept, transformed], dim=-1), scale.sum(dim=-1)
+        active = active * torch.exp(scale) + shift
+        return torch.cat([passive, active], dim=-1), scale.sum(dim=-1)
 
 
 class ConditionalFlow(nn.Module):
@@ -247,7 +248,7 @@ class Cflow(nn.Module):
     def anomaly_map(self, feature_maps: list[torch.Tensor]) -> torch.Tensor:
         """Return the negative log-likelihood per channel, averaged over levels: (batch, height_0, width_0).
 
-        ``feature_maps`` holds one (batch, channels_i, height_i, width_i) map per level.
+        ``feature_maps`` contains one (batch, channels_i, height_i, width_i) map per level.
         """
         size = self.feature_sizes[0]
         level_maps = []
