@@ -52,7 +52,7 @@ class TrainConfig:
 
 @dataclass
 class TrainResult:
-    """Where a training run wrote its outputs, how long it took, and its test metrics."""
+    """Output paths, timings and test metrics of one training run."""
 
     output_dir: Path
     bundle_dir: Path
@@ -81,9 +81,9 @@ def train(samples: list[Sample], output_dir: str | Path, config: TrainConfig | N
     """Fit ``config.model`` on the training normals, calibrate, save a bundle and evaluate.
 
     Steps: carve a calibration split from the training normals (unless the
-    samples already have one), fit the model on the train split, fit the
-    threshold on the calibration split, save ``<output_dir>/bundle``, and,
-    when there is a test split, write ``metrics.json`` and ``scores.csv``.
+    samples already have one) and fit the model on the train split. Then fit
+    the threshold on the calibration split and save ``<output_dir>/bundle``.
+    When there is a test split, also write ``metrics.json`` and ``scores.csv``.
 
     Raises
     ------

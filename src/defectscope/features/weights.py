@@ -51,7 +51,7 @@ def load_state_dict_file(path: Path) -> dict[str, torch.Tensor]:
     Raises
     ------
     WeightsNotFoundError
-        If the file is missing or holds no tensors.
+        If the file is missing or contains no tensors.
     """
     path = Path(path)
     if not path.is_file():
