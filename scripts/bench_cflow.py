@@ -66,10 +66,12 @@ def run_one(name: str, spec: Path, epochs: int, output: Path, extra: list[str]) 
     }
 
 
-def format_value(value) -> str:
+def format_value(key: str, value) -> str:
     if value is None:
         return "n/a"
-    return f"{value:.3f}" if isinstance(value, float) else str(value)
+    if isinstance(value, float):
+        return f"{value:.1f}" if key.endswith("seconds") else f"{value:.3f}"
+    return str(value)
 
 
 def write_tables(rows: list[dict], output: Path) -> Path:
@@ -79,7 +81,7 @@ def write_tables(rows: list[dict], output: Path) -> Path:
         "|---|---|---|---|---|---|---|---|",
     ]
     for row in rows:
-        cells = [format_value(row[key]) for key in COLUMNS[:-1]]
+        cells = [format_value(key, row[key]) for key in COLUMNS[:-1]]
         lines.append("| " + " | ".join(cells) + " |")
     lines += ["", "Commands:", ""]
     lines += [f"- `{row['command']}`" for row in rows]
