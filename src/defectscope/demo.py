@@ -6,6 +6,7 @@ from defectscope.data.sample import Sample
 
 DEMO_TRAIN = 300
 DEMO_TEST_PER_CLASS = 100
+DEMO_THRESHOLD_QUANTILE = 0.95
 
 
 def demo_subset(samples: list[Sample]) -> list[Sample]:
