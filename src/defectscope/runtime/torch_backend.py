@@ -27,4 +27,5 @@ class TorchBackend:
     def run(self, images: np.ndarray) -> np.ndarray:
         """Return anomaly maps (batch, height, width), float32."""
         with torch.inference_mode():
-            return self.model(torch.from_numpy(images)).numpy().astype(np.float32, copy=False)
+            # Contiguous input: a broadcast view (zero batch stride) makes the convolutions about 12x slower.
+            return self.model(torch.from_numpy(np.ascontiguousarray(images))).numpy().astype(np.float32, copy=False)
