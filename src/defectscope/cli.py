@@ -302,8 +302,8 @@ def demo(
         samples = demo_subset(samples)
     console.print(f"ELPV solar cells: {sum(s.split == 'train' for s in samples)} training normals, {sum(s.split == 'test' for s in samples)} test images")
     options = {"n_features": 100} if model == "padim" else {"epochs": 3}
-    # ELPV's defect-free cells vary widely, so the calibration maximum would flag almost no defective
-    # cell; the demo sets the threshold at the 95th percentile of calibration scores instead.
+    # ELPV's defect-free cells vary widely, so the calibration maximum would flag almost no defective cell.
+    # The demo sets the threshold at the 95th percentile of calibration scores instead.
     config = TrainConfig(model=model, model_options=options, threshold_quantile=DEMO_THRESHOLD_QUANTILE)
     result = run_training(samples, output, config, progress=not quiet)
     console.print(f"threshold {result.metadata['normalization']['threshold']:.4g}: {result.metadata['threshold_rule']}")

@@ -124,7 +124,7 @@ def postprocess(image_path: str, anomaly_map: np.ndarray, scale: ScoreScale | No
     """Turn a raw anomaly map (height, width) into a ``Prediction``.
 
     The label is anomalous when the image score exceeds the threshold; the
-    predicted mask holds the pixels whose map value exceeds it.
+    predicted mask contains the pixels whose map value exceeds it.
     """
     score = image_score(anomaly_map, reduction)
     if scale is None:
