@@ -179,26 +179,25 @@ def _cell(value: Any) -> str:
 def table_rows(runs: list[BenchmarkRun], references: dict[tuple[str, str, str], float] | None = None) -> tuple[list[str], list[list[str]]]:
     """Build the header and rows shared by the Markdown and CSV tables.
 
-    A reference column follows a metric column when ``references`` has a
-    figure for that metric on any run.
+    A reference column follows a metric or resource column (such as
+    ``fit_seconds``) when ``references`` has a figure for that key on any run.
     """
     references = references or {}
     referenced = {metric for (_, _, metric) in references}
     header = ["model", "dataset"]
-    for key, title in METRIC_COLUMNS:
+    for key, title in METRIC_COLUMNS + RESOURCE_COLUMNS:
         header.append(title)
         if key in referenced:
             header.append(f"{title} (reference)")
-    header += [title for _, title in RESOURCE_COLUMNS] + ["status"]
+    header.append("status")
 
     rows = []
     for run in runs:
         row = [run.model, run.dataset]
-        for key, _ in METRIC_COLUMNS:
+        for key, _ in METRIC_COLUMNS + RESOURCE_COLUMNS:
             row.append(_cell(run.value(key)))
             if key in referenced:
                 row.append(_cell(references.get((run.model, run.dataset, key))))
-        row += [_cell(run.value(key)) for key, _ in RESOURCE_COLUMNS]
         row.append("ok" if not run.error else run.error.replace("|", "/"))
         rows.append(row)
     return header, rows
