@@ -53,8 +53,8 @@ def accuracy_runs(data: Path, output: Path, extra: list[str]) -> list[dict]:
     rows = []
     for name, spec in datasets.items():
         run_dir = output / name
-        train_seconds, train_rss = run_child(cli("train", str(spec), "-o", str(run_dir), "-q", *extra))
-        eval_seconds, eval_rss = run_child(cli("evaluate", str(run_dir / "bundle"), str(spec), "-o", str(run_dir / "evaluate"), "-q"))
+        train_seconds, train_rss = run_child(cli("train", str(spec), "-o", str(run_dir), "-q", "--no-report", *extra))
+        eval_seconds, eval_rss = run_child(cli("evaluate", str(run_dir / "bundle"), str(spec), "-o", str(run_dir / "evaluate"), "-q", "--no-report"))
         metrics = json.loads((run_dir / "evaluate" / "metrics.json").read_text())
         row = {"dataset": name, **{key: metrics.get(key) for key in METRICS}}
         row["fit_seconds"] = json.loads((run_dir / "metrics.json").read_text())["fit_seconds"]
@@ -75,7 +75,7 @@ def memory_runs(data: Path, output: Path) -> list[dict]:
     rows = []
     for count in (100, len(train)):
         manifest = write_manifest(train[:count], output / f"magnetic_tile_train{count}.csv")
-        seconds, rss = run_child(cli("train", str(manifest), "-o", str(output / f"memory_{count}"), "-q"))
+        seconds, rss = run_child(cli("train", str(manifest), "-o", str(output / f"memory_{count}"), "-q", "--no-report"))
         rows.append({"train_images": count, "train_command_seconds": round(seconds, 1), "peak_rss_mib": round(rss)})
     return rows
 

@@ -45,6 +45,20 @@ def test_round_trip_gives_identical_maps(tmp_path):
     assert loaded_metadata["normalization"] == metadata["normalization"]
 
 
+def test_bundle_readable_by_others(tmp_path):
+    import os
+    import stat
+
+    model, metadata = _tiny_model()
+    previous = os.umask(0o022)
+    try:
+        save_bundle(model, metadata, tmp_path / "bundle")
+    finally:
+        os.umask(previous)
+    assert stat.S_IMODE((tmp_path / "bundle").stat().st_mode) == 0o755
+    assert stat.S_IMODE((tmp_path / "bundle" / "model.safetensors").stat().st_mode) == 0o644
+
+
 def test_bundle_holds_only_tensors_and_json(tmp_path):
     model, metadata = _tiny_model()
     save_bundle(model, metadata, tmp_path / "bundle")

@@ -314,9 +314,16 @@ def demo(
     inferencer = Inferencer.load(result.bundle_dir)
     predictions = inferencer.predict(chosen)
     files = write_predictions(predictions, output / "predictions", True, inferencer.scale)
+    console.print(
+        "image_f1 is at the calibrated threshold, fitted on defect-free cells only; image_f1_max is the best F1 "
+        "any threshold reaches on the test labels, shown for comparison."
+    )
+    console.print("Three defective and three defect-free test cells (normalized score, threshold at 0.5):")
+    truth = {str(s.image_path): s.label for s in test}
     for prediction in predictions:
         verdict = "anomalous" if prediction.is_anomalous else "normal"
-        console.print(f"{Path(prediction.image_path).name}: score {prediction.normalized_score:.3f} -> {verdict}")
+        actual = "defective" if truth[prediction.image_path] else "defect-free"
+        console.print(f"{Path(prediction.image_path).name} ({actual}): score {prediction.normalized_score:.3f} -> {verdict}")
     console.print(f"bundle: {result.bundle_dir}")
     for name, path in {**result.files, **{f'predictions {k}': v for k, v in files.items()}}.items():
         console.print(f"{name}: {path}")

@@ -37,12 +37,22 @@ def save_bundle(model: AnomalyModel, metadata: dict[str, Any], bundle_dir: str |
             os.fsync(handle.fileno())
         # metadata.json is written last, so a staging directory without it is never a loadable bundle.
         write_json_atomic(staging / METADATA_FILE, metadata)
+        _apply_umask(staging)
         _replace_directory(staging, bundle_dir)
     except BaseException:
         shutil.rmtree(staging, ignore_errors=True)
         raise
     logger.info("saved bundle %s", bundle_dir)
     return bundle_dir
+
+
+def _apply_umask(directory: Path) -> None:
+    """Give the bundle the permissions a plain ``mkdir`` and ``open`` would (mkdtemp makes 0700)."""
+    umask = os.umask(0)
+    os.umask(umask)
+    directory.chmod(0o777 & ~umask)
+    for path in directory.iterdir():
+        path.chmod(0o666 & ~umask)
 
 
 def _replace_directory(new: Path, target: Path) -> None:

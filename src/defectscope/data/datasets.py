@@ -347,7 +347,7 @@ def write_manifest(samples: Sequence[Sample], csv_path: str | Path, root: str | 
                 ]
             )
 
-    logger.info("wrote %d samples to %s (paths relative to %s)", len(samples), csv_path, root)
+    logger.info("wrote %d samples to %s (paths inside %s relative to it, others absolute)", len(samples), csv_path, root)
     return csv_path
 
 
