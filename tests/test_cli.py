@@ -98,3 +98,22 @@ def test_train_unknown_dataset_fails_cleanly(tmp_path):
     result = runner.invoke(app, ["train", str(tmp_path / "missing_dataset"), "-o", str(tmp_path / "run"), "-q"])
     assert result.exit_code == 2
     assert "dataset not found" in result.output
+
+
+@needs_bottle
+def test_train_with_validation_folders(folders, tmp_path):
+    validation_normal = _link_images(sorted((BOTTLE / "train" / "good").glob("*.png"))[30:36], tmp_path / "val_good")
+    validation_defect = _link_images(sorted((BOTTLE / "test" / "broken_small").glob("*.png"))[:3], tmp_path / "val_defect")
+    output = tmp_path / "run"
+
+    result = runner.invoke(app, [
+        "train", "--normal-dir", str(folders["normal"]), "--validation-dir", str(validation_normal),
+        "--validation-abnormal-dir", str(validation_defect), "--input-size", "96", "--n-features", "40",
+        "--sigma", "2", "--no-report", "-o", str(output), "-q",
+    ])
+
+    assert result.exit_code == 0, result.output
+    metadata = json.loads((output / "bundle" / "metadata.json").read_text())
+    assert metadata["training"]["n_calibration"] == 9
+    assert metadata["training"]["n_train"] == 24
+    assert "F1" in metadata["threshold_rule"]
