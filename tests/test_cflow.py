@@ -95,6 +95,8 @@ def test_cflow_rejects_invalid_options():
         Cflow([24, 40], [4, 8], (64, 64), coupling_blocks=0)
     with pytest.raises(ValueError, match="fiber_batch_size"):
         Cflow([24, 40], [4, 8], (64, 64), fiber_batch_size=0)
+    with pytest.raises(ValueError, match="level_weighting"):
+        Cflow([24, 40], [4, 8], (64, 64), level_weighting="max")
 
 
 def test_options_rebuild_same_architecture():
@@ -139,6 +141,36 @@ def test_anomaly_map_shape(backbone, bottle_images, trained_head):
 
     assert maps.shape == (2, 16, 16)
     assert torch.isfinite(maps).all()
+
+
+def per_level_nll(head: Cflow, feature_maps: list[torch.Tensor]) -> list[torch.Tensor]:
+    """Compute each level's NLL per channel, upsampled to the first level's grid: (batch, height_0, width_0) each."""
+    maps = []
+    for level, (flow, features) in enumerate(zip(head.flows, feature_maps)):
+        encoding, mean, std = head._level_buffers(level)
+        fibers = (features.flatten(2).transpose(1, 2) - mean) / std
+        nll = flow(fibers, encoding).reshape(features.shape[0], 1, *features.shape[-2:])
+        nll = torch.nn.functional.interpolate(nll, size=head.feature_sizes[0], mode="bilinear", align_corners=False)
+        maps.append(nll[:, 0])
+    return maps
+
+
+@needs_bottle
+@pytest.mark.parametrize("level_weighting", ["channels", "equal"])
+def test_anomaly_map_weights_levels(backbone, bottle_images, trained_head, level_weighting):
+    head = Cflow([24, 40, 112], [4, 8, 16], INPUT_SIZE, **{**trained_head.options(), "level_weighting": level_weighting})
+    head.load_state_dict(trained_head.state_dict())
+    head.eval()
+    with torch.no_grad():
+        feature_maps = backbone(torch.from_numpy(bottle_images[8:10]))
+        levels = per_level_nll(head, feature_maps)
+        maps = head.anomaly_map(feature_maps)
+
+    if level_weighting == "channels":
+        expected = (24 * levels[0] + 40 * levels[1] + 112 * levels[2]) / 176
+    else:
+        expected = (levels[0] + levels[1] + levels[2]) / 3
+    assert torch.allclose(maps, expected, rtol=1e-5, atol=1e-6)
 
 
 @needs_bottle

@@ -27,8 +27,12 @@ once per training image, not once per epoch.
 
 Anomaly map rule: per level, the negative log-likelihood per channel of a
 fiber, ``(0.5 * ||z||^2 - log|det J|) / channels`` (the constant
-``0.5 * log(2 pi)`` is left out), is computed at every position, upsampled
-bilinearly to the first level's resolution, and the levels are averaged.
+``0.5 * log(2 pi)`` is left out), is computed at every position and upsampled
+bilinearly to the first level's resolution. With ``level_weighting="channels"``
+(the default) the levels are averaged with weights proportional to their
+channel counts. If the levels are treated as independent, that average is the
+negative log-likelihood of all levels' fibers stacked into one vector, divided
+by its length. ``"equal"`` averages the levels with equal weights.
 Every value depends only on its own image, so an image scores the same alone
 and inside any batch.
 """
@@ -47,6 +51,8 @@ from torch import nn
 from defectscope.progress import progress_bar
 
 logger = logging.getLogger(__name__)
+
+LEVEL_WEIGHTINGS = ("channels", "equal")
 
 
 def positional_encoding(height: int, width: int, dims: int) -> torch.Tensor:
@@ -181,6 +187,11 @@ class Cflow(nn.Module):
     fibers_per_image:
         Maximum fibers per image and level used in one epoch, drawn at random
         positions anew each epoch; 0 uses every fiber.
+    level_weighting:
+        How the per-level maps are combined: ``"channels"`` weights each level
+        by its share of all channels, ``"equal"`` weights the levels equally.
+        With equal weights the first level (fewest channels, noisiest
+        per-channel NLL) sets most image scores.
     seed:
         Seed of the initial weights, permutations and fiber sampling.
     """
@@ -198,10 +209,13 @@ class Cflow(nn.Module):
         lr: float = 1e-3,
         warmup_fraction: float = 0.1,
         fibers_per_image: int = 256,
+        level_weighting: str = "channels",
         seed: int = 0,
     ) -> None:
         super().__init__()
         _check_options(channels, strides, input_size, epochs, coupling_blocks, clamp_alpha, fiber_batch_size, lr, warmup_fraction, fibers_per_image)
+        if level_weighting not in LEVEL_WEIGHTINGS:
+            raise ValueError(f"invalid CFLOW option level_weighting={level_weighting!r}: expected one of {', '.join(LEVEL_WEIGHTINGS)}")
         self.channels = [int(c) for c in channels]
         self.strides = [int(s) for s in strides]
         self.input_size = (int(input_size[0]), int(input_size[1]))
@@ -214,7 +228,12 @@ class Cflow(nn.Module):
         self.lr = float(lr)
         self.warmup_fraction = float(warmup_fraction)
         self.fibers_per_image = int(fibers_per_image)
+        self.level_weighting = level_weighting
         self.seed = int(seed)
+        if level_weighting == "channels":
+            self.level_weights = [c / sum(self.channels) for c in self.channels]
+        else:
+            self.level_weights = [1.0 / len(self.channels)] * len(self.channels)
 
         generator = torch.Generator().manual_seed(self.seed)
         with torch.random.fork_rng(devices=[]):
@@ -239,6 +258,7 @@ class Cflow(nn.Module):
             "lr": self.lr,
             "warmup_fraction": self.warmup_fraction,
             "fibers_per_image": self.fibers_per_image,
+            "level_weighting": self.level_weighting,
             "seed": self.seed,
         }
 
@@ -246,12 +266,12 @@ class Cflow(nn.Module):
         return getattr(self, f"encoding_{level}"), getattr(self, f"feature_mean_{level}"), getattr(self, f"feature_std_{level}")
 
     def anomaly_map(self, feature_maps: list[torch.Tensor]) -> torch.Tensor:
-        """Return the negative log-likelihood per channel, averaged over levels: (batch, height_0, width_0).
+        """Return the negative log-likelihood per channel, combined over levels by ``level_weights``: (batch, height_0, width_0).
 
         ``feature_maps`` contains one (batch, channels_i, height_i, width_i) map per level.
         """
         size = self.feature_sizes[0]
-        level_maps = []
+        combined = None
         for level, (flow, features) in enumerate(zip(self.flows, feature_maps)):
             encoding, mean, std = self._level_buffers(level)
             height, width = features.shape[-2:]
@@ -260,8 +280,9 @@ class Cflow(nn.Module):
             nll = flow(fibers, encoding).reshape(-1, 1, height, width)  # (batch, 1, height, width)
             if (height, width) != size:
                 nll = F.interpolate(nll, size=size, mode="bilinear", align_corners=False)
-            level_maps.append(nll)
-        return torch.cat(level_maps, dim=1).mean(dim=1)
+            weighted = self.level_weights[level] * nll
+            combined = weighted if combined is None else combined + weighted
+        return combined[:, 0]
 
     def fit(self, feature_batches: Iterable[list[torch.Tensor]], progress: bool = True) -> None:
         """Cache the training features once, then train every flow on the cached fibers.
