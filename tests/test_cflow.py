@@ -2,12 +2,12 @@
 
 from __future__ import annotations
 
-from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
 
+from conftest import BOTTLE, needs_bottle
 from defectscope.bundle.io import load_bundle, save_bundle
 from defectscope.bundle.metadata import FORMAT_VERSION
 from defectscope.data.datasets import read_mvtec
@@ -18,11 +18,9 @@ from defectscope.models.cflow import Cflow, ConditionalFlow, positional_encoding
 from defectscope.models.factory import build_head
 from defectscope.training import TrainConfig, train
 
-BOTTLE = Path(__file__).resolve().parents[2] / "shared" / "data" / "mvtec_ad" / "bottle"
 INPUT_SIZE = (64, 64)
 TINY_OPTIONS = {"epochs": 1, "coupling_blocks": 2, "condition_dims": 16, "fiber_batch_size": 256, "fibers_per_image": 32, "seed": 3}
 
-needs_bottle = pytest.mark.skipif(not BOTTLE.is_dir(), reason=f"MVTec AD bottle not found at {BOTTLE}")
 
 
 @pytest.fixture(scope="module")
