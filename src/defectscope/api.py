@@ -41,8 +41,8 @@ def load_dataset(
     ``abnormal_dir``, ``mask_dir`` and ``test_normal_dir``.
 
     ``validation_dir`` (normal images) and ``validation_abnormal_dir`` form a
-    calibration split the user gives; the threshold is then fitted on them
-    instead of on images carved from the training normals.
+    calibration split that the user gives. The threshold is then fitted on
+    them instead of on images carved from the training normals.
 
     Raises ``DatasetError`` when the spec matches no layout.
     """

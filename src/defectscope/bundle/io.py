@@ -1,6 +1,6 @@
 """Save and load trained models as bundle directories.
 
-A bundle holds ``model.safetensors`` (backbone and head tensors) and
+A bundle contains ``model.safetensors`` (backbone and head tensors) and
 ``metadata.json`` (everything else needed to predict). Loading unpickles
 nothing. Saving is atomic: files go to a hidden sibling directory that is
 renamed into place last, so a save killed halfway leaves no bundle at the
