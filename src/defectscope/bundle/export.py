@@ -26,7 +26,6 @@ they send no usage telemetry, and the ONNX file is converted with
 
 from __future__ import annotations
 
-import hashlib
 import logging
 import os
 import shutil
@@ -251,16 +250,10 @@ def _import_nncf():
         raise ImportError(f"int8 export needs NNCF ({error}); pip install 'defectscope[int8]'") from error
 
 
-def _sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as handle:
-        for chunk in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(chunk)
-    return digest.hexdigest()
-
-
 def _record(folder: Path, names: list[str], **fields: Any) -> dict[str, Any]:
-    files = {name: {"sha256": _sha256(folder / name), "bytes": (folder / name).stat().st_size} for name in names}
+    from defectscope.features.weights import sha256_of_file
+
+    files = {name: {"sha256": sha256_of_file(folder / name), "bytes": (folder / name).stat().st_size} for name in names}
     return {"files": files, **fields, **_versions(), "created": datetime.now(timezone.utc).isoformat(timespec="seconds")}
 
 
