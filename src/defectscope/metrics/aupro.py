@@ -113,7 +113,8 @@ def label_regions(masks: np.ndarray) -> tuple[np.ndarray, int]:
     return labels, int(roots.size)
 
 
-def _validate(masks: np.ndarray, maps: np.ndarray, fpr_limit: float) -> tuple[np.ndarray, np.ndarray]:
+def check_map_shapes(masks: np.ndarray, maps: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Return ``masks`` and ``maps`` as arrays after checking they share one (n_images, height, width) shape."""
     masks = np.asarray(masks)
     maps = np.asarray(maps)
 
@@ -126,6 +127,11 @@ def _validate(masks: np.ndarray, maps: np.ndarray, fpr_limit: float) -> tuple[np
             f"masks and maps must have the same shape, got {masks.shape} and {maps.shape}. "
             "Resize the anomaly maps to the mask size first."
         )
+    return masks, maps
+
+
+def _validate(masks: np.ndarray, maps: np.ndarray, fpr_limit: float) -> tuple[np.ndarray, np.ndarray]:
+    masks, maps = check_map_shapes(masks, maps)
     if masks.dtype != np.bool_:
         invalid = (masks != 0) & (masks != 1)
         if np.any(invalid):

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from defectscope.metrics.aupro import aupro
+from defectscope.metrics.aupro import aupro, check_map_shapes
 from defectscope.metrics.image import (
     _area_under_roc,
     _average_precision,
@@ -23,23 +23,6 @@ from defectscope.metrics.image import (
     auroc,
     confusion_counts,
 )
-
-
-def _validate_maps(masks: np.ndarray, maps: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """Return ``masks`` and ``maps`` as arrays after checking their shapes."""
-    masks = np.asarray(masks)
-    maps = np.asarray(maps)
-
-    if masks.ndim != 3:
-        raise ValueError(
-            f"masks must have shape (n_images, height, width), got shape {masks.shape}."
-        )
-    if masks.shape != maps.shape:
-        raise ValueError(
-            f"masks and maps must have the same shape, got {masks.shape} and {maps.shape}. "
-            "Resize the anomaly maps to the mask size first."
-        )
-    return masks, maps
 
 
 def pixel_auroc(masks: np.ndarray, maps: np.ndarray) -> float:
@@ -63,7 +46,7 @@ def pixel_auroc(masks: np.ndarray, maps: np.ndarray) -> float:
         If the shapes differ or are not 3-D, masks are not binary or maps
         are not finite.
     """
-    masks, maps = _validate_maps(masks, maps)
+    masks, maps = check_map_shapes(masks, maps)
     return auroc(masks, maps)
 
 
@@ -87,7 +70,7 @@ def pixel_aupr(masks: np.ndarray, maps: np.ndarray) -> float:
         If the shapes differ or are not 3-D, masks are not binary or maps
         are not finite.
     """
-    masks, maps = _validate_maps(masks, maps)
+    masks, maps = check_map_shapes(masks, maps)
     return aupr(masks, maps)
 
 
@@ -117,7 +100,7 @@ def pixel_metrics(
         threshold is given. Values that the data cannot define are NaN, and a
         warning is logged.
     """
-    masks, maps = _validate_maps(masks, maps)
+    masks, maps = check_map_shapes(masks, maps)
     labels, scores = _validate_binary(masks, maps)
 
     # AUROC and average precision share one sort of all pixels.
