@@ -11,7 +11,7 @@ name (``good`` or a defect type) as the label.
 Usage::
 
     python scripts/bench_latency.py runs/bottle-padim/bundle \\
-        --images /work/shared/data/mvtec_ad/bottle/test --output bench.json
+        --images ../shared/data/mvtec_ad/bottle/test --output bench.json
 
 Export the bundle first (``defectscope export BUNDLE --format all
 --precision fp32 --precision fp16 --precision int8``); backends whose export

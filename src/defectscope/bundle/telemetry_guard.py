@@ -16,7 +16,7 @@ read ``ORT_TELEMETRY_DISABLED``). Both variables are set, unless the user set
 them, before ONNX Runtime is imported here.
 
 A package that was imported before these functions run keeps the client it
-created; import defectscope's runtime or export before other OpenVINO or
+created. So import defectscope's runtime or export before other OpenVINO or
 ONNX Runtime code.
 """
 

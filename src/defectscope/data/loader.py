@@ -22,9 +22,9 @@ from defectscope.scoring.processing import preprocess
 class Batch:
     """Preprocessed images and the errors of the files that failed.
 
-    ``images`` is float32 (n_ok, 3, height, width) or None when every file
-    failed; ``indices`` gives each row's position in the input sequence,
-    ``original_sizes`` each row's (height, width) before resizing, and
+    ``images`` is float32 (n_ok, 3, height, width), or None when every file
+    failed. ``indices`` gives each row's position in the input sequence and
+    ``original_sizes`` each row's (height, width) before resizing.
     ``errors`` maps input positions to messages.
     """
 

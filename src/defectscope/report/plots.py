@@ -144,8 +144,8 @@ def histogram_svg(
 
     Both histograms share bins from the lowest score to the larger of the
     threshold and the ``upper_quantile`` of all scores, so a few very high
-    scores do not squash the rest; scores above that range are counted in
-    the last bin, and the x label names that bin's lower edge. Bar heights are image counts.
+    scores do not squash the rest. Scores above that range are counted in
+    the last bin, whose lower edge the x label names. Bar heights are image counts.
     Returns an ``<svg>`` element as text.
     """
     normal_scores = np.asarray(normal_scores, dtype=np.float64)

@@ -1,9 +1,9 @@
 """Torch-free backends that run an exported bundle: ONNX Runtime and OpenVINO.
 
 Both take normalized float32 images (batch, 3, height, width) and return
-float32 anomaly maps (batch, height, width); ``Inferencer`` does the numpy
+float32 anomaly maps (batch, height, width). ``Inferencer`` does the numpy
 pre- and post-processing around them. This module imports neither torch nor
-the export code; the runtime packages are imported when a backend loads.
+the export code, and the runtime packages are imported when a backend loads.
 """
 
 from __future__ import annotations
