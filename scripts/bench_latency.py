@@ -8,6 +8,12 @@ OpenVINO fp32 and timed the same way. Parity compares each backend's maps and
 scores with the PyTorch backend's on the same images; AUROC uses the folder
 name (``good`` or a defect type) as the label.
 
+Every backend, and the floor, runs in a child process of its own, so no
+other runtime's threads or memory share the process being timed. The
+children run in ``--rounds`` interleaved rounds; medians and p90 are taken
+over the times of all rounds, and each round's median is kept in the JSON to
+show how much the machine drifted.
+
 Usage::
 
     python scripts/bench_latency.py runs/bottle-padim/bundle \\
@@ -23,6 +29,8 @@ from __future__ import annotations
 import argparse
 import json
 import statistics
+import subprocess
+import sys
 import tempfile
 import time
 from pathlib import Path
@@ -37,6 +45,7 @@ from defectscope.runtime.inferencer import Inferencer
 from defectscope.scoring.processing import preprocess
 
 BACKENDS = [("torch", "fp32"), ("onnx", "fp32"), ("openvino", "fp32"), ("openvino", "fp16"), ("openvino", "int8"), ("openvino", "bf16")]
+FLOOR = ("floor", "fp32")
 
 
 def percentile(values: list[float], q: float) -> float:
@@ -55,8 +64,16 @@ def time_calls(function, inputs: list, warmup: int) -> list[float]:
     return times
 
 
-def backbone_floor(bundle: Path, arrays: list[np.ndarray], warmup: int) -> dict[str, float]:
-    """Latency of the bare backbone forward: PyTorch, and exported to OpenVINO fp32."""
+def preprocessed(bundle: Path, images: list[Path]) -> list[np.ndarray]:
+    metadata = read_metadata(bundle)
+    input_size = tuple(metadata["input_size"])
+    # np.stack, as Inferencer does: an ``array[None]`` view has stride 0 on the batch axis, which sent
+    # torch 2.14's convolution down a path about 10x slower.
+    return [np.stack([preprocess(read_image(path), input_size, metadata["mean"], metadata["std"])]) for path in images]
+
+
+def floor_times(bundle: Path, arrays: list[np.ndarray], warmup: int) -> dict[str, list[float]]:
+    """Latency of the bare backbone forward exported to OpenVINO fp32."""
     import torch
 
     from defectscope.bundle.io import load_bundle
@@ -64,20 +81,98 @@ def backbone_floor(bundle: Path, arrays: list[np.ndarray], warmup: int) -> dict[
 
     model, _ = load_bundle(bundle)
     backbone = model.backbone.eval()
-    with torch.inference_mode():
-        torch_times = time_calls(lambda x: backbone(torch.from_numpy(x)), arrays, warmup)
-
     openvino = import_without_telemetry("openvino")
     with tempfile.TemporaryDirectory() as folder:
         path = Path(folder) / "backbone.onnx"
         torch.onnx.export(backbone, (torch.from_numpy(arrays[0]),), str(path), opset_version=17, dynamo=False)
+        del model, backbone
         core = openvino.Core()
-        compiled = core.compile_model(core.read_model(str(path)), "CPU", {"INFERENCE_PRECISION_HINT": "f32", "PERFORMANCE_HINT": "LATENCY", "INFERENCE_NUM_THREADS": available_cpus()})
-        request = compiled.create_infer_request()
-        openvino_times = time_calls(lambda x: request.infer({0: x}), arrays, warmup)
+        config = {"INFERENCE_PRECISION_HINT": "f32", "PERFORMANCE_HINT": "LATENCY", "INFERENCE_NUM_THREADS": available_cpus()}
+        request = core.compile_model(core.read_model(str(path)), "CPU", config).create_infer_request()
+        return {"network": time_calls(lambda x: request.infer({0: x}), arrays, warmup)}
+
+
+def worker(bundle: Path, runtime: str, precision: str, images: list[Path], warmup: int, output: Path) -> None:
+    """Child process: time one backend and save its times, maps and scores to ``output`` (.npz)."""
+    arrays = preprocessed(bundle, images)
+    if runtime == FLOOR[0]:
+        np.savez(output, network=floor_times(bundle, arrays, warmup)["network"])
+        return
+    try:
+        inferencer = Inferencer.load(bundle, runtime, precision)
+    except (ValueError, ImportError) as error:
+        np.savez(output, skipped=str(error))
+        return
+    network = time_calls(inferencer.backend.run, arrays, warmup)
+    end_to_end = time_calls(lambda path: inferencer.predict([path], batch_size=1), images, warmup)
+    predictions = inferencer.predict(images, batch_size=1)
+    np.savez(
+        output, network=network, end_to_end=end_to_end, threshold=inferencer.threshold,
+        maps=np.stack([p.anomaly_map for p in predictions]),
+        scores=np.array([p.image_score for p in predictions]),
+        verdicts=np.array([p.is_anomalous for p in predictions]),
+    )
+
+
+def run_child(bundle: Path, runtime: str, precision: str, images_dir: Path, limit: int, warmup: int, output: Path) -> dict:
+    command = [
+        sys.executable, __file__, "--worker", runtime, precision, str(bundle), "--images", str(images_dir),
+        "--limit", str(limit), "--warmup", str(warmup), "--worker-output", str(output),
+    ]
+    subprocess.run(command, check=True)
+    with np.load(output) as data:
+        return {key: data[key] for key in data.files}
+
+
+def summarize(times: list[list[float]]) -> dict[str, float | list[float]]:
+    pooled = [value for round_times in times for value in round_times]
+    return {"median_ms": statistics.median(pooled), "p90_ms": percentile(pooled, 90), "round_medians_ms": [statistics.median(t) for t in times]}
+
+
+def measure_bundle(bundle: Path, images_dir: Path, images: list[Path], limit: int, warmup: int, rounds: int) -> dict:
+    metadata = read_metadata(bundle)
+    labels = np.array([path.parent.name != "good" for path in images], dtype=int)
+    runs: dict[tuple[str, str], list[dict]] = {}
+    with tempfile.TemporaryDirectory() as folder:
+        for round_index in range(rounds):
+            for runtime, precision in [FLOOR, *BACKENDS]:
+                result = run_child(bundle, runtime, precision, images_dir, limit, warmup, Path(folder) / f"{runtime}-{precision}-{round_index}.npz")
+                if "skipped" in result:
+                    if round_index == 0:
+                        print(f"skipped {runtime} {precision}: {result['skipped']}")
+                    continue
+                runs.setdefault((runtime, precision), []).append(result)
+                print(f"round {round_index + 1}: {runtime} {precision}: network {statistics.median(result['network']):.1f} ms", flush=True)
+
+    floor = summarize([list(r["network"]) for r in runs.pop(FLOOR)])
+    rows = {}
+    reference = runs[("torch", "fp32")][0]
+    per_image_peak = np.abs(reference["maps"]).reshape(len(images), -1).max(axis=1)
+    for (runtime, precision), results in runs.items():
+        first = results[0]
+        network = summarize([list(r["network"]) for r in results])
+        end_to_end = summarize([list(r["end_to_end"]) for r in results])
+        per_image_error = np.abs(first["maps"] - reference["maps"]).reshape(len(images), -1).max(axis=1)
+        rows[f"{runtime} {precision}"] = {
+            "network_median_ms": network["median_ms"], "network_p90_ms": network["p90_ms"], "network_round_medians_ms": network["round_medians_ms"],
+            "end_to_end_median_ms": end_to_end["median_ms"], "end_to_end_p90_ms": end_to_end["p90_ms"],
+            "end_to_end_round_medians_ms": end_to_end["round_medians_ms"],
+            "image_auroc": image_metrics(labels, first["scores"], float(first["threshold"]))["image_auroc"],
+            "max_abs_map_diff": float(per_image_error.max()),
+            "max_rel_map_diff": float((per_image_error / per_image_peak).max()),
+            "max_rel_score_diff": float((np.abs(first["scores"] - reference["scores"]) / np.abs(reference["scores"])).max()),
+            "label_flips": int((first["verdicts"] != reference["verdicts"]).sum()),
+        }
     return {
-        "torch_median_ms": statistics.median(torch_times), "torch_p90_ms": percentile(torch_times, 90),
-        "openvino_median_ms": statistics.median(openvino_times), "openvino_p90_ms": percentile(openvino_times, 90),
+        "bundle": str(bundle),
+        "model": metadata["model"],
+        "model_options": metadata.get("model_options", {}),
+        "input_size": metadata["input_size"],
+        "images": len(images),
+        "rounds": rounds,
+        "backends": rows,
+        "backbone_floor": {"openvino_median_ms": floor["median_ms"], "openvino_p90_ms": floor["p90_ms"], "round_medians_ms": floor["round_medians_ms"]},
+        "sizes_bytes": bundle_sizes(bundle, metadata),
     }
 
 
@@ -86,57 +181,6 @@ def bundle_sizes(bundle: Path, metadata: dict) -> dict[str, int]:
     for key, record in metadata.get("exports", {}).items():
         sizes[key] = sum(info["bytes"] for info in record["files"].values())
     return sizes
-
-
-def measure_bundle(bundle: Path, images: list[Path], warmup: int) -> dict:
-    metadata = read_metadata(bundle)
-    input_size = tuple(metadata["input_size"])
-    labels = np.array([path.parent.name != "good" for path in images], dtype=int)
-    # np.stack, as Inferencer does: an ``array[None]`` view has stride 0 on the batch axis, which sent
-    # torch 2.14's convolution down a path about 10x slower.
-    arrays = [np.stack([preprocess(read_image(path), input_size, metadata["mean"], metadata["std"])]) for path in images]
-
-    rows = {}
-    reference = None
-    for runtime, precision in BACKENDS:
-        key = f"{runtime} {precision}"
-        try:
-            inferencer = Inferencer.load(bundle, runtime, precision)
-        except (ValueError, ImportError) as error:
-            print(f"skipped {key}: {error}")
-            continue
-        network = time_calls(inferencer.backend.run, arrays, warmup)
-        end_to_end = time_calls(lambda path: inferencer.predict([path], batch_size=1), images, warmup)
-        predictions = inferencer.predict(images, batch_size=1)
-        maps = np.stack([p.anomaly_map for p in predictions])
-        scores = np.array([p.image_score for p in predictions])
-        verdicts = np.array([p.is_anomalous for p in predictions])
-        row = {
-            "network_median_ms": statistics.median(network), "network_p90_ms": percentile(network, 90),
-            "end_to_end_median_ms": statistics.median(end_to_end), "end_to_end_p90_ms": percentile(end_to_end, 90),
-            "image_auroc": image_metrics(labels, scores, inferencer.threshold)["image_auroc"],
-        }
-        if reference is None:
-            reference = (maps, scores, verdicts)
-        reference_maps, reference_scores, reference_verdicts = reference
-        per_image_peak = np.abs(reference_maps).reshape(len(images), -1).max(axis=1)
-        per_image_error = np.abs(maps - reference_maps).reshape(len(images), -1).max(axis=1)
-        row["max_abs_map_diff"] = float(per_image_error.max())
-        row["max_rel_map_diff"] = float((per_image_error / per_image_peak).max())
-        row["max_rel_score_diff"] = float((np.abs(scores - reference_scores) / np.abs(reference_scores)).max())
-        row["label_flips"] = int((verdicts != reference_verdicts).sum())
-        rows[key] = row
-        print(f"{key}: network {row['network_median_ms']:.1f} ms, end to end {row['end_to_end_median_ms']:.1f} ms", flush=True)
-
-    return {
-        "bundle": str(bundle),
-        "model": metadata["model"],
-        "input_size": list(input_size),
-        "images": len(images),
-        "backends": rows,
-        "backbone_floor": backbone_floor(bundle, arrays, warmup),
-        "sizes_bytes": bundle_sizes(bundle, metadata),
-    }
 
 
 def print_tables(results: list[dict]) -> None:
@@ -153,7 +197,6 @@ def print_tables(results: list[dict]) -> None:
         print(
             f"| {result['model']} | backbone only, OpenVINO fp32 | {floor['openvino_median_ms']:.1f} / {floor['openvino_p90_ms']:.1f} | | 1.00 | | | | | |"
         )
-        print(f"| {result['model']} | backbone only, torch | {floor['torch_median_ms']:.1f} / {floor['torch_p90_ms']:.1f} | | | | | | | |")
     print("\n| model | file set | size (MB) |")
     print("|---|---|---|")
     for result in results:
@@ -167,16 +210,21 @@ def main() -> None:
     parser.add_argument("--images", type=Path, required=True, help="Test folder with one subfolder per label (good, defect types).")
     parser.add_argument("--limit", type=int, default=0, help="Use only the first N images (0: all).")
     parser.add_argument("--warmup", type=int, default=5, help="Untimed calls before timing each backend.")
+    parser.add_argument("--rounds", type=int, default=3, help="Interleaved rounds of child processes per bundle.")
     parser.add_argument("--output", type=Path, help="JSON file for the full results.")
+    parser.add_argument("--worker", nargs=2, metavar=("RUNTIME", "PRECISION"), help=argparse.SUPPRESS)
+    parser.add_argument("--worker-output", type=Path, help=argparse.SUPPRESS)
     args = parser.parse_args()
 
     images = sorted(args.images.glob("*/*.png"))
     if args.limit:
         images = images[: args.limit]
-    import torch
+    if args.worker:
+        worker(args.bundles[0], *args.worker, images, args.warmup, args.worker_output)
+        return
 
-    print(f"{len(images)} images, {available_cpus()} CPUs, torch threads {torch.get_num_threads()}")
-    results = [measure_bundle(bundle, images, args.warmup) for bundle in args.bundles]
+    print(f"{len(images)} images, {available_cpus()} CPUs, {args.rounds} rounds")
+    results = [measure_bundle(bundle, args.images, images, args.limit, args.warmup, args.rounds) for bundle in args.bundles]
     print_tables(results)
     if args.output:
         args.output.write_text(json.dumps(results, indent=2) + "\n", encoding="utf-8")

@@ -8,6 +8,7 @@ import numpy as np
 import pytest
 import torch
 
+from defectscope.bundle.metadata import FORMAT_VERSION
 from defectscope.bundle import io as bundle_io
 from defectscope.bundle.io import load_bundle, save_bundle
 from defectscope.bundle.metadata import BundleError, read_metadata
@@ -23,7 +24,7 @@ def _tiny_model() -> tuple[AnomalyModel, dict]:
     generator = torch.Generator().manual_seed(0)
     head.fit([backbone(torch.randn(4, 3, 64, 64, generator=generator)) for _ in range(2)])
     metadata = {
-        "format_version": 1,
+        "format_version": FORMAT_VERSION,
         "model": "padim",
         "model_options": {"n_features": 20, "seed": 1},
         "backbone": {"name": "tf_efficientnet_lite0", "out_indices": [1, 2, 3]},

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import numpy as np
+import pytest
 import torch
 
 from defectscope.models.padim import Padim, concat_feature_maps
@@ -16,10 +17,21 @@ def _random_levels(batch: int, generator: torch.Generator) -> list[torch.Tensor]
     ]
 
 
-def _fit(batches: list[list[torch.Tensor]], regularization: float = 0.01) -> Padim:
-    padim = Padim(channels=8, feature_size=(4, 4), n_features=6, seed=3, regularization=regularization)
+def _fit(batches: list[list[torch.Tensor]], regularization: float = 0.01, block: int = 1) -> Padim:
+    padim = Padim(channels=8, feature_size=(4, 4), n_features=6, seed=3, regularization=regularization, covariance_block=block)
     padim.fit(batches)
     return padim
+
+
+def _by_position(padim: Padim, levels: list[torch.Tensor]) -> torch.Tensor:
+    """The embedding as (batch, positions, d), positions in row-major order."""
+    return padim.embed(levels).flatten(2).transpose(1, 2)
+
+
+def _block_of(position: int, block: int, width: int = 4) -> int:
+    """Index of the covariance block that holds a row-major position of a 4x4 map."""
+    columns = -(-width // block)
+    return (position // width // block) * columns + (position % width) // block
 
 
 def test_streaming_matches_direct_statistics():
@@ -27,13 +39,32 @@ def test_streaming_matches_direct_statistics():
     batches = [_random_levels(n, generator) for n in (4, 7, 1, 9)]
     padim = _fit(batches)
 
-    embedding = torch.cat([padim.embed(levels) for levels in batches]).double().numpy()  # (n, positions, d)
+    embedding = torch.cat([_by_position(padim, levels) for levels in batches]).double().numpy()  # (n, positions, d)
     mean = embedding.mean(axis=0)
     for position in (0, 5, 15):
         covariance = np.cov(embedding[:, position, :], rowvar=False) + 0.01 * np.eye(6)
         expected = np.linalg.inv(covariance)
         actual = padim.inv_covariance[position].double().numpy()
         assert np.allclose(padim.mean[position].double().numpy(), mean[position], rtol=1e-6)
+        assert np.abs(actual - expected).max() <= 1e-4 * np.abs(expected).max()
+
+
+@pytest.mark.parametrize("block", [2, 3, 4])
+def test_block_covariance_pools_position_covariances(block):
+    # Block 3 on a 4x4 map leaves cut-short edge blocks (3x1, 1x3, 1x1).
+    generator = torch.Generator().manual_seed(6)
+    batches = [_random_levels(n, generator) for n in (5, 8)]
+    padim = _fit(batches, block=block)
+
+    embedding = torch.cat([_by_position(padim, levels) for levels in batches]).double().numpy()
+    columns = -(-4 // block)
+    assert padim.inv_covariance.shape == (columns * columns, 6, 6)
+    assert np.allclose(padim.mean.double().numpy(), embedding.mean(axis=0), rtol=1e-6)
+    for index in range(columns * columns):
+        members = [position for position in range(16) if _block_of(position, block) == index]
+        pooled = np.mean([np.cov(embedding[:, position, :], rowvar=False) for position in members], axis=0)
+        expected = np.linalg.inv(pooled + 0.01 * np.eye(6))
+        actual = padim.inv_covariance[index].double().numpy()
         assert np.abs(actual - expected).max() <= 1e-4 * np.abs(expected).max()
 
 
@@ -46,18 +77,20 @@ def test_batch_split_does_not_change_fit():
     assert torch.allclose(whole.inv_covariance, split.inv_covariance, rtol=1e-3, atol=1e-3)
 
 
-def test_anomaly_map_is_mahalanobis_distance():
+@pytest.mark.parametrize("block", [1, 3])
+def test_anomaly_map_is_mahalanobis_distance(block):
     generator = torch.Generator().manual_seed(2)
-    padim = _fit([_random_levels(10, generator)])
+    padim = _fit([_random_levels(10, generator)], block=block)
     query = _random_levels(2, generator)
 
     distances = padim.anomaly_map(query)
 
-    embedding = padim.embed(query).double()
+    assert distances.shape == (2, 4, 4)
+    embedding = _by_position(padim, query).double()
     for image in range(2):
-        for position in (0, 9):
+        for position in (0, 9, 15):
             delta = embedding[image, position] - padim.mean[position].double()
-            expected = torch.sqrt(delta @ padim.inv_covariance[position].double() @ delta)
+            expected = torch.sqrt(delta @ padim.inv_covariance[_block_of(position, block)].double() @ delta)
             assert abs(distances[image].flatten()[position].item() - expected.item()) < 1e-3 * expected.item()
 
 
@@ -97,3 +130,12 @@ def test_concat_upsamples_to_finest_level():
     stacked = concat_feature_maps(levels)
     assert stacked.shape == (1, 5, 8, 8)
     assert stacked[:, 2:].min().item() == 1.0
+
+
+def test_embedding_is_channel_subset_of_concatenation():
+    generator = torch.Generator().manual_seed(9)
+    levels = [torch.randn(2, 5, 4, 4, generator=generator), torch.randn(2, 3, 2, 2, generator=generator), torch.randn(2, 4, 1, 1, generator=generator)]
+    for seed in range(30):  # some seeds leave the finest level without a channel
+        padim = Padim(channels=12, feature_size=(4, 4), n_features=3, seed=seed)
+        expected = concat_feature_maps(levels)[:, padim.feature_indices]
+        assert torch.equal(padim.embed(levels), expected)

@@ -19,6 +19,15 @@ def test_preprocess_shape_and_normalization():
     assert np.allclose(tensor, 1.0)
 
 
+def test_preprocess_matches_per_channel_formula():
+    image = np.random.default_rng(0).integers(0, 256, (16, 16, 3), dtype=np.uint8)
+    mean, std = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
+    tensor = preprocess(image, (16, 16), mean, std)
+    expected = ((image / 255.0 - np.array(mean)) / np.array(std)).transpose(2, 0, 1)
+    assert tensor.flags["C_CONTIGUOUS"]
+    assert np.abs(tensor - expected).max() < 1e-6
+
+
 @pytest.mark.parametrize("bad", [np.zeros((8, 8, 3), np.float32), np.zeros((8, 8), np.uint8), np.zeros((8, 8, 4), np.uint8)])
 def test_preprocess_rejects_wrong_input(bad):
     with pytest.raises(ValueError, match="uint8 RGB"):
@@ -64,6 +73,17 @@ def test_kernel_size_for_sigma_four():
 def test_smoother_output_size():
     smoother = MapSmoother((64, 48), sigma=2.0)
     assert smoother(torch.rand(2, 16, 12)).shape == (2, 64, 48)
+
+
+@pytest.mark.parametrize(("map_size", "input_size", "sigma"), [((64, 64), (256, 256), 4.0), ((15, 20), (60, 83), 2.5), ((32, 32), (32, 32), 0.0)])
+def test_smoother_equals_interpolate_then_blur(map_size, input_size, sigma):
+    # The per-axis operators must reproduce the two-step reference: bilinear upsampling, then the blur.
+    maps = torch.rand(3, *map_size, generator=torch.Generator().manual_seed(0)).double() * 10
+    upsampled = torch.nn.functional.interpolate(maps.unsqueeze(1), size=input_size, mode="bilinear", align_corners=False)
+    expected = GaussianBlur(sigma).double()(upsampled).squeeze(1)
+    actual = MapSmoother(input_size, sigma).double()(maps)
+    assert actual.shape == (3, *input_size)
+    assert torch.allclose(actual, expected, rtol=1e-10, atol=1e-10)
 
 
 def test_threshold_default_is_calibration_max():

@@ -91,6 +91,11 @@ def train(
     weights: Optional[Path] = typer.Option(None, "--weights", help="ImageNet checkpoint file for the backbone (.pth or .safetensors)."),
     input_size: int = typer.Option(256, "--input-size", help="Model input height and width in pixels."),
     n_features: int = typer.Option(100, "--n-features", help="PaDiM: random feature subset size."),
+    covariance_block: int = typer.Option(
+        1, "--covariance-block",
+        help="PaDiM: side of the square of feature positions that shares one covariance (1 = one per position). "
+        "4 stores 16x fewer covariances and runs the exported model about 2x faster, at a small accuracy cost (docs/deployment.md).",
+    ),
     epochs: int = typer.Option(3, "--epochs", help="CFLOW: training epochs over the cached features."),
     coupling_blocks: int = typer.Option(8, "--coupling-blocks", help="CFLOW: coupling blocks per normalizing flow."),
     fiber_batch_size: int = typer.Option(1024, "--fiber-batch-size", help="CFLOW: feature vectors per optimizer step."),
@@ -116,7 +121,7 @@ def train(
     _setup_logging(not quiet)
     from defectscope.training import TrainConfig, train as run_training
 
-    options = {"n_features": n_features} if model == "padim" else {
+    options = {"n_features": n_features, "covariance_block": covariance_block} if model == "padim" else {
         "epochs": epochs, "coupling_blocks": coupling_blocks, "fiber_batch_size": fiber_batch_size,
         "fibers_per_image": fibers_per_image, "seed": seed,
     }

@@ -7,7 +7,7 @@ import os
 from pathlib import Path
 from typing import Any
 
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2
 WEIGHTS_FILE = "model.safetensors"
 METADATA_FILE = "metadata.json"
 ONNX_FILE = "model.onnx"

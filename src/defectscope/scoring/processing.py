@@ -47,9 +47,12 @@ def preprocess(image: np.ndarray, input_size: tuple[int, int], mean: tuple[float
     if image.shape[:2] != (height, width):
         # One resize per image, from its own size (bilinear, antialiased when shrinking).
         image = np.asarray(Image.fromarray(image).resize((width, height), Image.BILINEAR))
-    scaled = image.astype(np.float32) / np.float32(255.0)
-    normalized = (scaled - np.asarray(mean, dtype=np.float32)) / np.asarray(std, dtype=np.float32)
-    return np.ascontiguousarray(normalized.transpose(2, 0, 1))
+    # (x / 255 - mean) / std as one multiply-add per value, written channel-first.
+    scale = (1.0 / (255.0 * np.asarray(std, dtype=np.float64))).astype(np.float32)[:, None, None]
+    offset = (-np.asarray(mean, dtype=np.float64) / np.asarray(std, dtype=np.float64)).astype(np.float32)[:, None, None]
+    normalized = np.multiply(image.transpose(2, 0, 1), scale, dtype=np.float32, order="C")
+    normalized += offset
+    return normalized
 
 
 def resize_map(anomaly_map: np.ndarray, size: tuple[int, int]) -> np.ndarray:
