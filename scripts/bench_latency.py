@@ -183,6 +183,11 @@ def bundle_sizes(bundle: Path, metadata: dict) -> dict[str, int]:
     return sizes
 
 
+def model_label(result: dict) -> str:
+    block = result["model_options"].get("covariance_block", 1)
+    return f"{result['model']}, covariance block {block}" if block > 1 else result["model"]
+
+
 def print_tables(results: list[dict]) -> None:
     print("\n| model | backend | network median / p90 (ms) | end-to-end median / p90 (ms) | x backbone floor | max abs map diff | max rel map diff | max rel score diff | label flips | image AUROC |")
     print("|---|---|---|---|---|---|---|---|---|---|")
@@ -190,18 +195,18 @@ def print_tables(results: list[dict]) -> None:
         floor = result["backbone_floor"]
         for key, row in result["backends"].items():
             print(
-                f"| {result['model']} | {key} | {row['network_median_ms']:.1f} / {row['network_p90_ms']:.1f} | "
+                f"| {model_label(result)} | {key} | {row['network_median_ms']:.1f} / {row['network_p90_ms']:.1f} | "
                 f"{row['end_to_end_median_ms']:.1f} / {row['end_to_end_p90_ms']:.1f} | {row['network_median_ms'] / floor['openvino_median_ms']:.2f} | "
                 f"{row['max_abs_map_diff']:.2e} | {row['max_rel_map_diff']:.2e} | {row['max_rel_score_diff']:.2e} | {row['label_flips']} | {row['image_auroc']:.4f} |"
             )
         print(
-            f"| {result['model']} | backbone only, OpenVINO fp32 | {floor['openvino_median_ms']:.1f} / {floor['openvino_p90_ms']:.1f} | | 1.00 | | | | | |"
+            f"| {model_label(result)} | backbone only, OpenVINO fp32 | {floor['openvino_median_ms']:.1f} / {floor['openvino_p90_ms']:.1f} | | 1.00 | | | | | |"
         )
     print("\n| model | file set | size (MB) |")
     print("|---|---|---|")
     for result in results:
         for key, size in result["sizes_bytes"].items():
-            print(f"| {result['model']} | {key} | {size / 1e6:.1f} |")
+            print(f"| {model_label(result)} | {key} | {size / 1e6:.1f} |")
 
 
 def main() -> None:

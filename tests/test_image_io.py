@@ -9,6 +9,7 @@ import pytest
 from PIL import Image
 
 from defectscope.data.image_io import ImageReadError, image_size, read_image, read_mask
+from defectscope.data.loader import iter_batches
 
 
 def _gradient_rgb(height: int = 24, width: int = 32) -> np.ndarray:
@@ -257,3 +258,32 @@ def test_read_mask_matching_size(tmp_path: Path) -> None:
 
     assert mask.shape == (5, 10)
     assert mask.all()
+
+
+@pytest.mark.parametrize("count", [1, 3])
+def test_loader_keeps_good_images_beside_bad_file(tmp_path, count):
+    # One input takes the path without a thread pool; several take the pooled path.
+    good = tmp_path / "good.png"
+    Image.fromarray(np.full((40, 50, 3), 200, dtype=np.uint8)).save(good)
+    bad = tmp_path / "bad.png"
+    bad.write_bytes(b"not an image")
+    items = [good, bad, good][:count] if count > 1 else [bad]
+    batches = list(iter_batches(items, (32, 32), (0.5,) * 3, (0.5,) * 3, batch_size=4))
+    assert len(batches) == 1
+    batch = batches[0]
+    assert set(batch.errors) == {1 if count > 1 else 0}
+    assert str(bad) in next(iter(batch.errors.values()))
+    if count > 1:
+        assert batch.indices == [0, 2]
+        assert batch.images.shape == (2, 3, 32, 32)
+        assert batch.original_sizes == [(40, 50), (40, 50)]
+
+
+def test_loader_single_image_is_contiguous_batch(tmp_path):
+    path = tmp_path / "part.png"
+    Image.fromarray(np.full((40, 50, 3), 200, dtype=np.uint8)).save(path)
+    (batch,) = list(iter_batches([path], (32, 32), (0.5,) * 3, (0.5,) * 3))
+    assert batch.images.shape == (1, 3, 32, 32)
+    assert batch.images.flags["C_CONTIGUOUS"]
+    assert batch.indices == [0]
+    assert batch.original_sizes == [(40, 50)]

@@ -55,6 +55,16 @@ def iter_batches(
         except (ImageReadError, ValueError, OSError) as error:
             return index, None, str(error)
 
+    if len(items) == 1:
+        # One image has nothing to overlap with; starting the pool cost 1.5 ms of 8 per call.
+        index, loaded, error = load_safely(0)
+        if loaded is None:
+            yield Batch(None, [], [], {index: error})
+        else:
+            # np.stack, not [None]: a stride-0 batch axis sends torch's convolution down a slow path.
+            yield Batch(np.stack([loaded[0]]), [index], [loaded[1]], {})
+        return
+
     with ThreadPoolExecutor(max_workers=max(1, workers)) as pool:
         starts = range(0, len(items), batch_size)
         pending = None
