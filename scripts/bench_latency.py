@@ -129,13 +129,13 @@ def summarize(times: list[list[float]]) -> dict[str, float | list[float]]:
     return {"median_ms": statistics.median(pooled), "p90_ms": percentile(pooled, 90), "round_medians_ms": [statistics.median(t) for t in times]}
 
 
-def measure_bundle(bundle: Path, images_dir: Path, images: list[Path], limit: int, warmup: int, rounds: int) -> dict:
+def measure_bundle(bundle: Path, images_dir: Path, images: list[Path], limit: int, warmup: int, rounds: int, backends: list[tuple[str, str]]) -> dict:
     metadata = read_metadata(bundle)
     labels = np.array([path.parent.name != "good" for path in images], dtype=int)
     runs: dict[tuple[str, str], list[dict]] = {}
     with tempfile.TemporaryDirectory() as folder:
         for round_index in range(rounds):
-            for runtime, precision in [FLOOR, *BACKENDS]:
+            for runtime, precision in [FLOOR, *backends]:
                 result = run_child(bundle, runtime, precision, images_dir, limit, warmup, Path(folder) / f"{runtime}-{precision}-{round_index}.npz")
                 if "skipped" in result:
                     if round_index == 0:
@@ -216,6 +216,10 @@ def main() -> None:
     parser.add_argument("--limit", type=int, default=0, help="Use only the first N images (0: all).")
     parser.add_argument("--warmup", type=int, default=5, help="Untimed calls before timing each backend.")
     parser.add_argument("--rounds", type=int, default=3, help="Interleaved rounds of child processes per bundle.")
+    parser.add_argument(
+        "--backends", default=",".join(f"{r}:{p}" for r, p in BACKENDS),
+        help="Comma-separated RUNTIME:PRECISION pairs; torch:fp32 is always measured, as the parity reference.",
+    )
     parser.add_argument("--output", type=Path, help="JSON file for the full results.")
     parser.add_argument("--worker", nargs=2, metavar=("RUNTIME", "PRECISION"), help=argparse.SUPPRESS)
     parser.add_argument("--worker-output", type=Path, help=argparse.SUPPRESS)
@@ -229,7 +233,9 @@ def main() -> None:
         return
 
     print(f"{len(images)} images, {available_cpus()} CPUs, {args.rounds} rounds")
-    results = [measure_bundle(bundle, args.images, images, args.limit, args.warmup, args.rounds) for bundle in args.bundles]
+    backends = [tuple(pair.split(":")) for pair in args.backends.split(",")]
+    backends = [("torch", "fp32")] + [pair for pair in backends if pair != ("torch", "fp32")]
+    results = [measure_bundle(bundle, args.images, images, args.limit, args.warmup, args.rounds, backends) for bundle in args.bundles]
     print_tables(results)
     if args.output:
         args.output.write_text(json.dumps(results, indent=2) + "\n", encoding="utf-8")

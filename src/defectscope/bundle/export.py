@@ -234,12 +234,20 @@ def _quantize_int8(model, metadata: dict[str, Any], calibration_images) -> Any:
     if not arrays:
         raise ValueError("int8 export: no calibration image could be read")
     logger.info("quantizing to int8 on %d calibration images", len(arrays))
+    logger.warning(
+        "int8 models score every MVTec AD bottle test image as anomalous (image AUROC 0.50); "
+        "check yours with `defectscope evaluate BUNDLE DATASET --runtime openvino --precision int8` before use, "
+        "or deploy fp32 or fp16"
+    )
     dataset = nncf.Dataset(arrays)
     # Only the backbone is quantized; the head (PaDiM statistics, flows),
     # upsampling and blur stay fp32. The ONNX exporter names nodes by module
     # path, so backbone nodes start with "/backbone/".
     # NOTE: quantizing the head as well made the OpenVINO 2026.4 CPU plugin
     # crash (segmentation fault) while compiling, for some calibration sets.
+    # NOTE: the heads were fitted on fp32 features, and int8 backbone features stray from them by more
+    # than the normal spread, so every bottle test image scores anomalous (AUROC 0.50). Refitting the
+    # head on the int8 backbone's training features is the likely fix; it is not done here.
     head_scope = nncf.IgnoredScope(patterns=["^/(?!backbone/).*"], validate=False)
     return nncf.quantize(model, dataset, subset_size=len(arrays), ignored_scope=head_scope)
 
