@@ -117,3 +117,14 @@ def test_train_with_validation_folders(folders, tmp_path):
     assert metadata["training"]["n_calibration"] == 9
     assert metadata["training"]["n_train"] == 24
     assert "F1" in metadata["threshold_rule"]
+
+
+@pytest.mark.parametrize(("arguments", "message"), [
+    (["--covariance-block", "0"], "--covariance-block"),
+    (["--model", "cflow", "--covariance-block", "4"], "PaDiM only"),
+])
+def test_train_rejects_bad_covariance_block(folders, tmp_path, arguments, message):
+    result = runner.invoke(app, ["train", "--normal-dir", str(folders["normal"]), "-o", str(tmp_path / "run"), "-q", *arguments])
+    assert result.exit_code == 2
+    assert message in result.output
+    assert not (tmp_path / "run").exists()

@@ -30,7 +30,7 @@ AbnormalDirOption = typer.Option(None, "--abnormal-dir", help="Plain folders: te
 MaskDirOption = typer.Option(None, "--mask-dir", help="Plain folders: ground-truth masks, matched to images by file stem.")
 TestNormalDirOption = typer.Option(None, "--test-normal-dir", help="Plain folders: test images of good parts.")
 RuntimeOption = typer.Option("torch", "--runtime", help="Backend that runs the network: torch, onnx or openvino.")
-PrecisionOption = typer.Option("fp32", "--precision", help="OpenVINO precision: fp32 (default, exact), fp16 or int8.")
+PrecisionOption = typer.Option("fp32", "--precision", help="OpenVINO precision: fp32 (default, exact), fp16, int8 or bf16 (docs/deployment.md).")
 ReportOption = typer.Option(True, "--report/--no-report", help="Write report.html (metrics, curves, image panels) next to the metrics.")
 
 
@@ -92,7 +92,7 @@ def train(
     input_size: int = typer.Option(256, "--input-size", help="Model input height and width in pixels."),
     n_features: int = typer.Option(100, "--n-features", help="PaDiM: random feature subset size."),
     covariance_block: int = typer.Option(
-        1, "--covariance-block",
+        1, "--covariance-block", min=1,
         help="PaDiM: side of the square of feature positions that shares one covariance (1 = one per position). "
         "4 stores 16x fewer covariances and runs the exported model about 2x faster, at a small accuracy cost (docs/deployment.md).",
     ),
@@ -121,6 +121,8 @@ def train(
     _setup_logging(not quiet)
     from defectscope.training import TrainConfig, train as run_training
 
+    if model != "padim" and covariance_block != 1:
+        _fail(f"--covariance-block applies to PaDiM only; remove it or train with --model padim (got --model {model})")
     options = {"n_features": n_features, "covariance_block": covariance_block} if model == "padim" else {
         "epochs": epochs, "coupling_blocks": coupling_blocks, "fiber_batch_size": fiber_batch_size,
         "fibers_per_image": fibers_per_image, "seed": seed,

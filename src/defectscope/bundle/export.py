@@ -115,8 +115,12 @@ def export_bundle(
         if precision not in PRECISIONS:
             raise ValueError(f"invalid precision {precision!r}: expected one of {', '.join(PRECISIONS)}")
     metadata = read_metadata(bundle_dir)
-    if "int8" in precisions and "openvino" in formats and calibration_images is None:
-        calibration_images = calibration_split_images(bundle_dir)
+    calibration: list[tuple[Path, int]] = []
+    if "int8" in precisions and "openvino" in formats:
+        if calibration_images is None:
+            calibration = _calibration_split(bundle_dir)
+        else:
+            calibration = [(Path(path), 0) for path in calibration_images]
 
     written: dict[str, Path] = {}
     records: dict[str, dict[str, Any]] = {}
@@ -127,11 +131,13 @@ def export_bundle(
         if "openvino" in formats:
             for precision in precisions:
                 xml_name = openvino_file(precision)
-                _export_openvino(onnx_path, staging / xml_name, precision, metadata, calibration_images)
-                files = [xml_name, Path(xml_name).with_suffix(".bin").name]
-                records[f"openvino_{precision}"] = _record(staging, files, runtime="openvino", precision=precision)
+                fields: dict[str, Any] = {}
                 if precision == "int8":
-                    records["openvino_int8"]["calibration_images"] = len(calibration_images or [])
+                    fields = _export_int8(bundle_dir, onnx_path, staging, xml_name, metadata, calibration)
+                else:
+                    _export_openvino(onnx_path, staging / xml_name, precision)
+                files = [xml_name, Path(xml_name).with_suffix(".bin").name]
+                records[f"openvino_{precision}"] = {**_record(staging, files, runtime="openvino", precision=precision), **fields}
         if "onnx" in formats:
             records["onnx"] = _record(staging, [ONNX_FILE], runtime="onnx", precision="fp32", opset=ONNX_OPSET)
         else:
@@ -154,6 +160,11 @@ def calibration_split_images(bundle_dir: Path) -> list[Path]:
 
     Raises ``ValueError`` when the file is missing or has no calibration rows.
     """
+    return [path for path, _ in _calibration_split(bundle_dir)]
+
+
+def _calibration_split(bundle_dir: Path) -> list[tuple[Path, int]]:
+    """(image, label) of each calibration row of ``split.csv`` next to ``bundle_dir``."""
     from defectscope.data.datasets import read_split_csv
 
     split_csv = bundle_dir.resolve().parent / SPLIT_FILE
@@ -162,22 +173,29 @@ def calibration_split_images(bundle_dir: Path) -> list[Path]:
             f"int8 export needs calibration images: {split_csv} not found. "
             "Pass --calibration-images DIR with images of good parts."
         )
-    images = [sample.image_path for sample in read_split_csv(split_csv) if sample.split == "calibration"]
-    if not images:
+    rows = [(sample.image_path, sample.label) for sample in read_split_csv(split_csv) if sample.split == "calibration"]
+    if not rows:
         raise ValueError(f"{split_csv} has no calibration rows; pass --calibration-images DIR with images of good parts")
-    return images
+    return rows
 
 
 def _export_onnx(bundle_dir: Path, path: Path) -> None:
+    try:
+        from defectscope.bundle.io import load_bundle
+    except ImportError as error:
+        raise ImportError(f"ONNX export needs torch ({error}); {EXPORT_EXTRA_HINT}") from error
+
+    model, metadata = load_bundle(bundle_dir)
+    _export_onnx_model(model, metadata, path)
+
+
+def _export_onnx_model(model, metadata: dict[str, Any], path: Path) -> None:
     try:
         import onnx
         import torch
     except ImportError as error:
         raise ImportError(f"ONNX export needs torch and onnx ({error}); {EXPORT_EXTRA_HINT}") from error
 
-    from defectscope.bundle.io import load_bundle
-
-    model, metadata = load_bundle(bundle_dir)
     height, width = metadata["input_size"]
     example = torch.zeros(1, 3, height, width)
     # The TorchScript-based exporter (dynamo=False) needs no onnxscript and
@@ -204,24 +222,25 @@ def _export_onnx(bundle_dir: Path, path: Path) -> None:
     onnx.checker.check_model(str(path))
 
 
-def _export_openvino(onnx_path: Path, xml_path: Path, precision: str, metadata: dict[str, Any], calibration_images) -> None:
+def _import_openvino():
     from defectscope.bundle.telemetry_guard import import_without_telemetry
 
     try:
-        ov = import_without_telemetry("openvino")
+        return import_without_telemetry("openvino")
     except ImportError as error:
         raise ImportError(f"OpenVINO export needs the openvino package ({error}); {EXPORT_EXTRA_HINT}") from error
 
+
+def _export_openvino(onnx_path: Path, xml_path: Path, precision: str, calibration_arrays: list[np.ndarray] | None = None) -> None:
+    ov = _import_openvino()
     model = ov.Core().read_model(str(onnx_path))
     if precision == "int8":
-        model = _quantize_int8(model, metadata, calibration_images)
+        model = _quantize_int8(model, calibration_arrays or [])
     ov.save_model(model, str(xml_path), compress_to_fp16=(precision == "fp16"))
 
 
-def _quantize_int8(model, metadata: dict[str, Any], calibration_images) -> Any:
-    nncf = _import_nncf()
-    # NNCF logs each ignored node at INFO; defectscope logs the step itself.
-    logging.getLogger("nncf").setLevel(logging.WARNING)
+def _calibration_arrays(metadata: dict[str, Any], calibration_images) -> list[np.ndarray]:
+    """Preprocess the calibration images into (1, 3, height, width) arrays for NNCF."""
     from defectscope.data.loader import iter_batches
 
     input_size = tuple(metadata["input_size"])
@@ -230,26 +249,84 @@ def _quantize_int8(model, metadata: dict[str, Any], calibration_images) -> Any:
         for index, message in batch.errors.items():
             logger.error("skipped calibration image %s: %s", calibration_images[index], message)
         if batch.images is not None:
-            arrays.extend(image[None] for image in batch.images)  # (1, 3, height, width) each
+            arrays.extend(np.stack([image]) for image in batch.images)
     if not arrays:
         raise ValueError("int8 export: no calibration image could be read")
+    return arrays
+
+
+def _quantize_int8(model, arrays: list[np.ndarray]) -> Any:
+    nncf = _import_nncf()
+    # NNCF logs each ignored node at INFO; defectscope logs the step itself.
+    logging.getLogger("nncf").setLevel(logging.WARNING)
     logger.info("quantizing to int8 on %d calibration images", len(arrays))
-    logger.warning(
-        "int8 models score every MVTec AD bottle test image as anomalous (image AUROC 0.50); "
-        "check yours with `defectscope evaluate BUNDLE DATASET --runtime openvino --precision int8` before use, "
-        "or deploy fp32 or fp16"
-    )
     dataset = nncf.Dataset(arrays)
     # Only the backbone is quantized; the head (PaDiM statistics, flows),
     # upsampling and blur stay fp32. The ONNX exporter names nodes by module
     # path, so backbone nodes start with "/backbone/".
     # NOTE: quantizing the head as well made the OpenVINO 2026.4 CPU plugin
     # crash (segmentation fault) while compiling, for some calibration sets.
-    # NOTE: the heads were fitted on fp32 features, and int8 backbone features stray from them by more
-    # than the normal spread, so every bottle test image scores anomalous (AUROC 0.50). Refitting the
-    # head on the int8 backbone's training features is the likely fix; it is not done here.
     head_scope = nncf.IgnoredScope(patterns=["^/(?!backbone/).*"], validate=False)
-    return nncf.quantize(model, dataset, subset_size=len(arrays), ignored_scope=head_scope)
+    quantized = nncf.quantize(model, dataset, subset_size=len(arrays), ignored_scope=head_scope)
+    removed = strip_head_quantizers(quantized)
+    logger.debug("removed %d quantizers outside the backbone", removed)
+    return quantized
+
+
+def strip_head_quantizers(model) -> int:
+    """Bypass every FakeQuantize that feeds no backbone operation; return how many.
+
+    NNCF 2.x places a quantizer on the output of the final matrix product
+    even though the ignored scope covers it. That quantizer rounds the anomaly
+    map to 256 levels and clips it at the largest calibration value, so strong
+    defects all score one ceiling value.
+    """
+    removed = 0
+    for operation in model.get_ordered_ops():
+        if operation.get_type_name() != "FakeQuantize":
+            continue
+        consumers = [target.get_node().get_friendly_name() for target in operation.output(0).get_target_inputs()]
+        if any(name.startswith("/backbone/") for name in consumers):
+            continue
+        operation.output(0).replace(operation.input_value(0))
+        removed += 1
+    return removed
+
+
+def _export_int8(bundle_dir: Path, onnx_path: Path, staging: Path, xml_name: str, metadata: dict[str, Any], calibration) -> dict[str, Any]:
+    """Write the int8 OpenVINO model; return the fields it adds to its export record.
+
+    PaDiM's Gaussians and threshold are refitted for the int8 backbone
+    (``defectscope.bundle.int8_refit``). CFLOW's flows are not.
+    """
+    images = [path for path, _ in calibration]
+    arrays = _calibration_arrays(metadata, images)
+    fields: dict[str, Any] = {"calibration_images": len(arrays)}
+    if metadata["model"] != "padim":
+        # NOTE: CFLOW's flows are not retrained on int8 features. Trained on fp32 features, its int8
+        # model scores every MVTec AD bottle test image as anomalous (image AUROC 0.48).
+        logger.warning(
+            "int8 %s scores every MVTec AD bottle test image as anomalous (image AUROC 0.48); deploy fp32 or fp16, "
+            "or check yours with `defectscope evaluate BUNDLE DATASET --runtime openvino --precision int8`",
+            metadata["model"],
+        )
+        _export_openvino(onnx_path, staging / xml_name, "int8", arrays)
+        return fields
+
+    from defectscope.bundle import int8_refit
+    from defectscope.bundle.io import load_bundle
+
+    model, _ = load_bundle(bundle_dir)
+    train_images = int8_refit.training_images(bundle_dir, SPLIT_FILE)
+    refitted = int8_refit.refit_padim(model, metadata, arrays, train_images, _import_nncf(), _import_openvino())
+    source = staging / "int8-source.onnx"
+    _export_onnx_model(refitted, metadata, source)
+    _export_openvino(source, staging / xml_name, "int8", arrays)
+    source.unlink()
+    labels = np.array([label for _, label in calibration])
+    fields.update(int8_refit.calibrate(staging / xml_name, metadata, images, labels))
+    fields["head_refit_images"] = len(train_images)
+    return fields
 
 
 def _import_nncf():

@@ -42,6 +42,16 @@ def _load_backend(bundle_dir: Path, runtime: str, precision: str) -> Backend:
     raise ValueError(f"invalid runtime {runtime!r}: expected one of {', '.join(RUNTIMES)}")
 
 
+def _with_export_threshold(metadata: dict[str, Any], runtime: str, precision: str) -> dict[str, Any]:
+    """Use the export's own threshold where it has one (int8 PaDiM, refitted for its backbone)."""
+    if runtime != "openvino":
+        return metadata
+    record = metadata.get("exports", {}).get(f"openvino_{precision}", {})
+    if "normalization" not in record:
+        return metadata
+    return {**metadata, "normalization": record["normalization"], "threshold_rule": record.get("threshold_rule")}
+
+
 class Inferencer:
     """Predicts image scores, labels and anomaly maps with a trained bundle.
 
@@ -70,7 +80,7 @@ class Inferencer:
         """
         bundle_dir = Path(bundle_dir)
         metadata = read_metadata(bundle_dir)
-        return cls(_load_backend(bundle_dir, runtime, precision), metadata)
+        return cls(_load_backend(bundle_dir, runtime, precision), _with_export_threshold(metadata, runtime, precision))
 
     @property
     def threshold(self) -> float | None:
