@@ -16,7 +16,7 @@ from PIL import Image
 from typer.testing import CliRunner
 
 from conftest import BOTTLE, needs_bottle
-from export_helpers import bottle_test_images, has_nncf, trained_bundle
+from export_helpers import bottle_test_images, has_cflow, has_nncf, trained_bundle
 from defectscope.bundle.export import export_bundle, parse_formats
 from defectscope.bundle.metadata import BundleError
 from defectscope.cli import app
@@ -177,6 +177,22 @@ def test_int8_export_from_split_without_telemetry(bundle_copy, tmp_path):
     assert int8.threshold == record["normalization"]["threshold"]
     int8_scores = np.array([p.image_score for p in int8.predict(images)])
     fp32_scores = np.array([p.image_score for p in Inferencer.load(bundle_copy, "openvino", "fp32").predict(images)])
+    assert auroc(labels, int8_scores) >= auroc(labels, fp32_scores) - 0.05
+
+
+@pytest.mark.skipif(not (has_nncf and has_cflow), reason="needs nncf and the CFLOW model")
+def test_int8_cflow_retrains_flows(tmp_path):
+    source = trained_bundle("cflow")
+    shutil.copy(source.parent / "split.csv", tmp_path / "split.csv")
+    bundle = Path(shutil.copytree(source, tmp_path / "bundle"))
+    export_bundle(bundle, "openvino", ["int8"])
+
+    record = json.loads((bundle / "metadata.json").read_text())["exports"]["openvino_int8"]
+    assert record["head_refit_images"] == 20
+    images = bottle_test_images()
+    labels = np.array([path.parent.name != "good" for path in images])
+    int8_scores = np.array([p.image_score for p in Inferencer.load(bundle, "openvino", "int8").predict(images)])
+    fp32_scores = np.array([p.image_score for p in Inferencer.load(bundle, "openvino", "fp32").predict(images)])
     assert auroc(labels, int8_scores) >= auroc(labels, fp32_scores) - 0.05
 
 

@@ -133,7 +133,7 @@ def export_bundle(
                 xml_name = openvino_file(precision)
                 fields: dict[str, Any] = {}
                 if precision == "int8":
-                    fields = _export_int8(bundle_dir, onnx_path, staging, xml_name, metadata, calibration)
+                    fields = _export_int8(bundle_dir, staging, xml_name, metadata, calibration)
                 else:
                     _export_openvino(onnx_path, staging / xml_name, precision)
                 files = [xml_name, Path(xml_name).with_suffix(".bin").name]
@@ -293,39 +293,28 @@ def strip_head_quantizers(model) -> int:
     return removed
 
 
-def _export_int8(bundle_dir: Path, onnx_path: Path, staging: Path, xml_name: str, metadata: dict[str, Any], calibration) -> dict[str, Any]:
+def _export_int8(bundle_dir: Path, staging: Path, xml_name: str, metadata: dict[str, Any], calibration) -> dict[str, Any]:
     """Write the int8 OpenVINO model; return the fields it adds to its export record.
 
-    PaDiM's Gaussians and threshold are refitted for the int8 backbone
-    (``defectscope.bundle.int8_refit``). CFLOW's flows are not.
+    The head and the threshold are refitted for the int8 backbone
+    (``defectscope.bundle.int8_refit``), and the refitted model is exported
+    to its own ONNX file in ``staging`` before quantization.
     """
-    images = [path for path, _ in calibration]
-    arrays = _calibration_arrays(metadata, images)
-    fields: dict[str, Any] = {"calibration_images": len(arrays)}
-    if metadata["model"] != "padim":
-        # NOTE: CFLOW's flows are not retrained on int8 features. Trained on fp32 features, its int8
-        # model scores every MVTec AD bottle test image as anomalous (image AUROC 0.48).
-        logger.warning(
-            "int8 %s scores every MVTec AD bottle test image as anomalous (image AUROC 0.48); deploy fp32 or fp16, "
-            "or check yours with `defectscope evaluate BUNDLE DATASET --runtime openvino --precision int8`",
-            metadata["model"],
-        )
-        _export_openvino(onnx_path, staging / xml_name, "int8", arrays)
-        return fields
-
     from defectscope.bundle import int8_refit
     from defectscope.bundle.io import load_bundle
 
+    images = [path for path, _ in calibration]
+    arrays = _calibration_arrays(metadata, images)
     model, _ = load_bundle(bundle_dir)
     train_images = int8_refit.training_images(bundle_dir, SPLIT_FILE)
-    refitted = int8_refit.refit_padim(model, metadata, arrays, train_images, _import_nncf(), _import_openvino())
+    refitted = int8_refit.refit_head(model, metadata, arrays, train_images, _import_nncf(), _import_openvino())
     source = staging / "int8-source.onnx"
     _export_onnx_model(refitted, metadata, source)
     _export_openvino(source, staging / xml_name, "int8", arrays)
     source.unlink()
     labels = np.array([label for _, label in calibration])
+    fields: dict[str, Any] = {"calibration_images": len(arrays), "head_refit_images": len(train_images)}
     fields.update(int8_refit.calibrate(staging / xml_name, metadata, images, labels))
-    fields["head_refit_images"] = len(train_images)
     return fields
 
 

@@ -1,18 +1,20 @@
-"""PaDiM for int8: refit the Gaussians on the features of the quantized backbone.
+"""int8 export: refit the model head on the features of the quantized backbone.
 
 PaDiM's Mahalanobis distance weighs each feature direction by the inverse of
 its variance on good parts. int8 activations move low-variance channels by
 more than their spread, so Gaussians fitted on fp32 features flag every
 image (image AUROC 0.50 on MVTec AD bottle). Fitted on the int8 backbone's
 own features instead, the same bundle scores bottle at image AUROC 0.999,
-pixel AUROC 0.982 and AUPRO 0.927 (fp32: 0.995 / 0.981 / 0.924).
+pixel AUROC 0.982 and AUPRO 0.927 (fp32: 0.995 / 0.981 / 0.924). CFLOW's
+flows, trained on fp32 features, fail the same way and are retrained the
+same way.
 
 The steps: quantize the backbone alone with NNCF on the calibration images
 and run it over the training images listed in ``split.csv``. A new head with
 the bundle's options is fitted on those features and joined to the fp32
-backbone weights. Export then quantizes that model as before; NNCF sees the same
-backbone and calibration images, so the backbone it quantizes matches the
-one the head was fitted on. The threshold is refitted on the calibration
+backbone weights. Export then quantizes that model as before. NNCF gets the
+same backbone and calibration images, so the backbone it quantizes matches
+the one the head was fitted on. The threshold is refitted on the calibration
 images through the final int8 network (``calibrate``).
 """
 
@@ -36,7 +38,7 @@ def training_images(bundle_dir: Path, split_file: str) -> list[Path]:
     from defectscope.data.datasets import read_split_csv
 
     split_csv = bundle_dir.resolve().parent / split_file
-    hint = "int8 export of PaDiM refits its Gaussians on the training images listed there; keep the run folder that training wrote"
+    hint = "int8 export refits the model head on the training images listed there; keep the run folder that training wrote"
     if not split_csv.is_file():
         raise ValueError(f"{split_csv} not found: {hint}")
     images = [sample.image_path for sample in read_split_csv(split_csv) if sample.split == "train"]
@@ -45,15 +47,17 @@ def training_images(bundle_dir: Path, split_file: str) -> list[Path]:
     return images
 
 
-def refit_padim(model, metadata: dict[str, Any], calibration_arrays: list[np.ndarray], train_images: list[Path], nncf, openvino):
-    """Return a copy of ``model`` whose PaDiM head is fitted on int8 backbone features.
+def refit_head(model, metadata: dict[str, Any], calibration_arrays: list[np.ndarray], train_images: list[Path], nncf, openvino):
+    """Return a copy of ``model`` whose head is fitted on int8 backbone features.
 
     ``calibration_arrays`` are preprocessed (1, 3, height, width) images for
-    NNCF; ``train_images`` are read, preprocessed and scored in batches of 8.
+    NNCF; ``train_images`` are read, preprocessed and run in batches of 8. The
+    head is rebuilt from the bundle's options (same feature subset and seed)
+    and fitted with its own ``fit``: PaDiM's Gaussians, or CFLOW's flows
+    trained for the bundle's number of epochs.
     """
     import torch
 
-    from defectscope.data.loader import iter_batches
     from defectscope.models.anomaly_model import AnomalyModel
     from defectscope.models.factory import build_head
 
@@ -62,20 +66,19 @@ def refit_padim(model, metadata: dict[str, Any], calibration_arrays: list[np.nda
     quantized = nncf.quantize(backbone_model, nncf.Dataset(calibration_arrays), subset_size=len(calibration_arrays))
     compiled = openvino.Core().compile_model(quantized, "CPU", {"INFERENCE_PRECISION_HINT": "f32"})
 
+    def int8_features():
+        from defectscope.data.loader import iter_batches
+
+        for batch in iter_batches(train_images, input_size, metadata["mean"], metadata["std"], batch_size=8):
+            for index, message in batch.errors.items():
+                logger.error("skipped training image %s: %s", train_images[index], message)
+            if batch.images is not None:
+                outputs = compiled(batch.images)
+                yield [torch.from_numpy(np.array(outputs[level])) for level in range(len(compiled.outputs))]
+
     head = build_head(metadata["model"], model.backbone, input_size, metadata.get("model_options", {}))
-    logger.info("refitting PaDiM on int8 backbone features of %d training images", len(train_images))
-    fitted = 0
-    for batch in iter_batches(train_images, input_size, metadata["mean"], metadata["std"], batch_size=8):
-        for index, message in batch.errors.items():
-            logger.error("skipped training image %s: %s", train_images[index], message)
-        if batch.images is None:
-            continue
-        outputs = compiled(batch.images)
-        head.update([torch.from_numpy(np.array(outputs[level])) for level in range(len(compiled.outputs))])
-        fitted += len(batch.indices)
-    if fitted < 2:
-        raise ValueError(f"int8 export: {fitted} training images could be read; PaDiM needs at least 2")
-    head.finalize()
+    logger.info("refitting the %s head on int8 backbone features of %d training images", metadata["model"], len(train_images))
+    head.fit(int8_features(), progress=False)
     return AnomalyModel(model.backbone, head, input_size, metadata["sigma"]).eval()
 
 
