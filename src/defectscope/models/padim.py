@@ -134,7 +134,7 @@ class Padim(nn.Module):
         if (rows * block, columns * block) != (height, width):
             values = F.pad(values, (0, columns * block - width, 0, rows * block - height))
         values = values.reshape(batch, d, rows, block, columns, block)
-        return values.permute(2, 4, 1, 0, 3, 5).reshape(rows * columns, d, batch * block * block)
+        return values.permute(2, 4, 1, 0, 3, 5).reshape(rows * columns, d, batch * block * block).contiguous()
 
     def _from_blocks(self, values: torch.Tensor, batch: int) -> torch.Tensor:
         """(blocks, batch * b * b) -> (batch, height, width), dropping the padding."""
