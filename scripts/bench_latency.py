@@ -10,7 +10,7 @@ name (``good`` or a defect type) as the label.
 
 Every backend, and the floor, runs in a child process of its own, so no
 other runtime's threads or memory share the process being timed. The
-children run in ``--rounds`` interleaved rounds; medians and p90 are taken
+children run in ``--rounds`` interleaved rounds. Medians and p90 are taken
 over the times of all rounds, and each round's median is kept in the JSON to
 show how much the machine drifted.
 

@@ -24,12 +24,12 @@ def _fit(batches: list[list[torch.Tensor]], regularization: float = 0.01, block:
 
 
 def _by_position(padim: Padim, levels: list[torch.Tensor]) -> torch.Tensor:
-    """The embedding as (batch, positions, d), positions in row-major order."""
+    """Return the embedding as (batch, positions, d), positions in row-major order."""
     return padim.embed(levels).flatten(2).transpose(1, 2)
 
 
 def _block_of(position: int, block: int, width: int = 4) -> int:
-    """Index of the covariance block that holds a row-major position of a 4x4 map."""
+    """Return the covariance block that contains a row-major position of a 4x4 map."""
     columns = -(-width // block)
     return (position // width // block) * columns + (position % width) // block
 

@@ -114,26 +114,29 @@ def export_bundle(
     for precision in precisions:
         if precision not in PRECISIONS:
             raise ValueError(f"invalid precision {precision!r}: expected one of {', '.join(PRECISIONS)}")
-    metadata = read_metadata(bundle_dir)
+    model, metadata = _load_model(bundle_dir)
     calibration: list[tuple[Path, int]] = []
+    train_images: list[Path] = []
     if "int8" in precisions and "openvino" in formats:
         if calibration_images is None:
-            calibration = _calibration_split(bundle_dir)
+            calibration = _split_rows(bundle_dir, "calibration", "pass --calibration-images DIR with images of good parts")
         else:
             calibration = [(Path(path), 0) for path in calibration_images]
+        fix = "int8 export refits the model head on the training images listed there, so keep the run folder that training wrote"
+        train_images = [path for path, _ in _split_rows(bundle_dir, "train", fix)]
 
     written: dict[str, Path] = {}
     records: dict[str, dict[str, Any]] = {}
     staging = Path(tempfile.mkdtemp(prefix=".export-", dir=bundle_dir))
     try:
         onnx_path = staging / ONNX_FILE
-        _export_onnx(bundle_dir, onnx_path)
+        _export_onnx_model(model, metadata, onnx_path)
         if "openvino" in formats:
             for precision in precisions:
                 xml_name = openvino_file(precision)
                 fields: dict[str, Any] = {}
                 if precision == "int8":
-                    fields = _export_int8(bundle_dir, staging, xml_name, metadata, calibration)
+                    fields = _export_int8(model, metadata, staging, xml_name, calibration, train_images)
                 else:
                     _export_openvino(onnx_path, staging / xml_name, precision)
                 files = [xml_name, Path(xml_name).with_suffix(".bin").name]
@@ -155,38 +158,30 @@ def export_bundle(
     return written
 
 
-def calibration_split_images(bundle_dir: Path) -> list[Path]:
-    """List the calibration-split images in ``split.csv`` next to ``bundle_dir``.
+def _split_rows(bundle_dir: Path, split: str, fix: str) -> list[tuple[Path, int]]:
+    """Return (image, label) of each ``split`` row of ``split.csv`` next to ``bundle_dir``.
 
-    Raises ``ValueError`` when the file is missing or has no calibration rows.
+    Raises ``ValueError`` naming ``fix`` when the file is missing or has no such rows.
     """
-    return [path for path, _ in _calibration_split(bundle_dir)]
-
-
-def _calibration_split(bundle_dir: Path) -> list[tuple[Path, int]]:
-    """(image, label) of each calibration row of ``split.csv`` next to ``bundle_dir``."""
     from defectscope.data.datasets import read_split_csv
 
     split_csv = bundle_dir.resolve().parent / SPLIT_FILE
     if not split_csv.is_file():
-        raise ValueError(
-            f"int8 export needs calibration images: {split_csv} not found. "
-            "Pass --calibration-images DIR with images of good parts."
-        )
-    rows = [(sample.image_path, sample.label) for sample in read_split_csv(split_csv) if sample.split == "calibration"]
+        raise ValueError(f"int8 export needs {split} images: {split_csv} not found; {fix}")
+    rows = [(sample.image_path, sample.label) for sample in read_split_csv(split_csv) if sample.split == split]
     if not rows:
-        raise ValueError(f"{split_csv} has no calibration rows; pass --calibration-images DIR with images of good parts")
+        raise ValueError(f"int8 export needs {split} images: {split_csv} has no {split} rows; {fix}")
     return rows
 
 
-def _export_onnx(bundle_dir: Path, path: Path) -> None:
+def _load_model(bundle_dir: Path):
+    """Load the bundle's PyTorch model and metadata, with an install hint when torch is missing."""
     try:
         from defectscope.bundle.io import load_bundle
     except ImportError as error:
-        raise ImportError(f"ONNX export needs torch ({error}); {EXPORT_EXTRA_HINT}") from error
+        raise ImportError(f"export needs torch ({error}); {EXPORT_EXTRA_HINT}") from error
 
-    model, metadata = load_bundle(bundle_dir)
-    _export_onnx_model(model, metadata, path)
+    return load_bundle(bundle_dir)
 
 
 def _export_onnx_model(model, metadata: dict[str, Any], path: Path) -> None:
@@ -293,7 +288,7 @@ def strip_head_quantizers(model) -> int:
     return removed
 
 
-def _export_int8(bundle_dir: Path, staging: Path, xml_name: str, metadata: dict[str, Any], calibration) -> dict[str, Any]:
+def _export_int8(model, metadata: dict[str, Any], staging: Path, xml_name: str, calibration, train_images: list[Path]) -> dict[str, Any]:
     """Write the int8 OpenVINO model; return the fields it adds to its export record.
 
     The head and the threshold are refitted for the int8 backbone
@@ -301,12 +296,9 @@ def _export_int8(bundle_dir: Path, staging: Path, xml_name: str, metadata: dict[
     to its own ONNX file in ``staging`` before quantization.
     """
     from defectscope.bundle import int8_refit
-    from defectscope.bundle.io import load_bundle
 
     images = [path for path, _ in calibration]
     arrays = _calibration_arrays(metadata, images)
-    model, _ = load_bundle(bundle_dir)
-    train_images = int8_refit.training_images(bundle_dir, SPLIT_FILE)
     refitted = int8_refit.refit_head(model, metadata, arrays, train_images, _import_nncf(), _import_openvino())
     source = staging / "int8-source.onnx"
     _export_onnx_model(refitted, metadata, source)

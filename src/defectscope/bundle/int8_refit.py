@@ -30,23 +30,6 @@ import numpy as np
 logger = logging.getLogger(__name__)
 
 
-def training_images(bundle_dir: Path, split_file: str) -> list[Path]:
-    """List the training-split images in ``split.csv`` next to ``bundle_dir``.
-
-    Raises ``ValueError`` when the file is missing or has no training rows.
-    """
-    from defectscope.data.datasets import read_split_csv
-
-    split_csv = bundle_dir.resolve().parent / split_file
-    hint = "int8 export refits the model head on the training images listed there; keep the run folder that training wrote"
-    if not split_csv.is_file():
-        raise ValueError(f"{split_csv} not found: {hint}")
-    images = [sample.image_path for sample in read_split_csv(split_csv) if sample.split == "train"]
-    if not images:
-        raise ValueError(f"{split_csv} has no training rows: {hint}")
-    return images
-
-
 def refit_head(model, metadata: dict[str, Any], calibration_arrays: list[np.ndarray], train_images: list[Path], nncf, openvino):
     """Return a copy of ``model`` whose head is fitted on int8 backbone features.
 
@@ -121,7 +104,7 @@ def calibrate(xml_path: Path, metadata: dict[str, Any], calibration_images: list
     predictions = inferencer.predict(calibration_images, batch_size=8)
     scored = [(p, label) for p, label in zip(predictions, labels) if p.error is None]
     if not scored:
-        raise ValueError("int8 export: no calibration image could be scored")
+        raise ValueError("int8 export failed: no calibration image could be scored; check the errors logged above")
     scores = np.array([p.image_score for p, _ in scored])
     quantile = metadata.get("training", {}).get("config", {}).get("threshold_quantile", 1.0)
     threshold, rule = fit_threshold(scores, np.array([label for _, label in scored]), quantile)

@@ -57,12 +57,7 @@ def iter_batches(
 
     if len(items) == 1:
         # One image has nothing to overlap with; starting the pool cost 1.5 ms of 8 per call.
-        index, loaded, error = load_safely(0)
-        if loaded is None:
-            yield Batch(None, [], [], {index: error})
-        else:
-            # np.stack, not [None]: a stride-0 batch axis sends torch's convolution down a slow path.
-            yield Batch(np.stack([loaded[0]]), [index], [loaded[1]], {})
+        yield _to_batch([load_safely(0)])
         return
 
     with ThreadPoolExecutor(max_workers=max(1, workers)) as pool:
@@ -72,16 +67,16 @@ def iter_batches(
             indices = range(start, min(start + batch_size, len(items)))
             submitted = [pool.submit(load_safely, index) for index in indices]
             if pending is not None:
-                yield _collect(pending)
+                yield _to_batch(future.result() for future in pending)
             pending = submitted
         if pending is not None:
-            yield _collect(pending)
+            yield _to_batch(future.result() for future in pending)
 
 
-def _collect(futures) -> Batch:
+def _to_batch(results) -> Batch:
+    """Build a ``Batch`` from (index, (array, size) or None, error) results, in input order."""
     arrays, indices, sizes, errors = [], [], [], {}
-    for future in futures:
-        index, loaded, error = future.result()
+    for index, loaded, error in results:
         if loaded is None:
             errors[index] = error
             continue

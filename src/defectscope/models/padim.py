@@ -11,13 +11,13 @@ import torch.nn.functional as F
 from torch import nn
 
 
-def concat_feature_maps(feature_maps: list[torch.Tensor]) -> torch.Tensor:
-    """Upsample every map to the first map's resolution (nearest) and stack channels.
+def concat_feature_maps(feature_maps: list[torch.Tensor], size: tuple[int, int] | None = None) -> torch.Tensor:
+    """Upsample every map to ``size`` (default: the first map's) by nearest neighbour and stack channels.
 
-    (batch, channels_i, height_i, width_i) per level -> (batch, sum(channels_i), height_0, width_0).
+    (batch, channels_i, height_i, width_i) per level -> (batch, sum(channels_i), height, width).
     """
-    size = feature_maps[0].shape[-2:]
-    resized = [feature_maps[0]] + [F.interpolate(level, size=size, mode="nearest") for level in feature_maps[1:]]
+    size = tuple(feature_maps[0].shape[-2:]) if size is None else tuple(size)
+    resized = [level if tuple(level.shape[-2:]) == size else F.interpolate(level, size=size, mode="nearest") for level in feature_maps]
     return torch.cat(resized, dim=1)
 
 
@@ -34,13 +34,13 @@ class Padim(nn.Module):
     whitening matrix ``W = L^-1``, where ``L`` is the Cholesky factor of the
     regularized covariance. ``W`` is lower triangular, so only the entries on
     and left of its diagonal are stored, in ``WHITENING_ROW_BLOCKS`` row
-    blocks; at batch 1 the head's time is that of reading these weights.
+    blocks. At batch 1 the head's time is that of reading these weights.
 
     With ``covariance_block`` b > 1, the positions of each b x b block of the
     feature map keep their own means but share one covariance, pooled from
     their residuals. The Mahalanobis distance stays per position, so the
     anomaly map keeps its resolution, while the head stores b * b times fewer
-    inverse covariances and fits each from b * b times more samples. b = 1 is
+    whitening matrices and fits each from b * b times more samples. b = 1 is
     the original PaDiM.
 
     Fitting streams over batches: running sums of features and of their outer
@@ -74,7 +74,7 @@ class Padim(nn.Module):
     ) -> None:
         super().__init__()
         if covariance_block < 1:
-            raise ValueError(f"covariance_block must be >= 1, got {covariance_block}")
+            raise ValueError(f"invalid covariance_block {covariance_block}: expected an integer >= 1")
         n_features = min(n_features, channels)
         generator = torch.Generator().manual_seed(seed)
         indices = torch.randperm(channels, generator=generator)[:n_features].sort().values
@@ -111,20 +111,15 @@ class Padim(nn.Module):
         Equal to ``concat_feature_maps(feature_maps)[:, feature_indices]``, but
         each level keeps its share of the subset before it is upsampled.
         """
-        size = feature_maps[0].shape[-2:]
         selected, offset = [], 0
         indices = self.feature_indices.tolist()
         for level in feature_maps:
             channels = level.shape[1]
             local = [index - offset for index in indices if offset <= index < offset + channels]
             offset += channels
-            if not local:
-                continue
-            level = level.index_select(1, torch.tensor(local, device=level.device))
-            if level.shape[-2:] != size:
-                level = F.interpolate(level, size=size, mode="nearest")
-            selected.append(level)
-        return torch.cat(selected, dim=1)
+            if local:
+                selected.append(level.index_select(1, torch.tensor(local, device=level.device)))
+        return concat_feature_maps(selected, self.feature_size)
 
     def _to_blocks(self, values: torch.Tensor) -> torch.Tensor:
         """(batch, d, height, width) -> (blocks, d, batch * b * b), zero-padding the edge blocks."""
@@ -152,8 +147,7 @@ class Padim(nn.Module):
             d = embedding.shape[1]
             self._shift = embedding.mean(dim=0)
             self._sum = torch.zeros(d, *self.feature_size, dtype=torch.float64)
-            blocks = self.block_grid[0] * self.block_grid[1]
-            self._outer_sum = torch.zeros(blocks, d, d, dtype=torch.float64)
+            self._outer_sum = torch.zeros(self.whitening_0.shape[0], d, d, dtype=torch.float64)
         shifted = embedding - self._shift
         self._sum += shifted.sum(dim=0).double()
         # Padded positions are zero here and add nothing to a block's sum.
@@ -203,7 +197,8 @@ class Padim(nn.Module):
         embedding = self.embed(feature_maps)  # (batch, d, height, width)
         mean = self.mean.transpose(0, 1).reshape(1, -1, *self.feature_size)
         # Blocks lead and the batch is inside the last axis, so each block's product is one
-        # contiguous matrix-matrix product: about 4x faster on CPU than batch-major bmm.
+        # contiguous matrix-matrix product (with one covariance per position this was 4x faster
+        # than batch-major bmm for 16 images on CPU).
         delta = self._to_blocks(embedding - mean)  # (blocks, d, batch * b * b)
         squared = 0
         for index, (_, stop) in enumerate(self.row_bounds):
