@@ -168,7 +168,6 @@ def evaluate(
     """Evaluate a bundle on a dataset's test split: image and pixel metrics, per-image scores, HTML report."""
     _setup_logging(not quiet)
     from defectscope.api import evaluate as run_evaluation
-    from defectscope.bundle.metadata import read_metadata
     from defectscope.data.datasets import write_manifest
     from defectscope.evaluation import write_metrics_json, write_scores_csv
 
@@ -180,8 +179,9 @@ def evaluate(
         _fail(error)
         return
     result.metrics["runtime"] = runtime
+    result.metrics["precision"] = precision
     result.metrics["bundle"] = str(bundle.resolve())
-    _print_metrics(result.metrics, f"evaluation ({runtime})")
+    _print_metrics(result.metrics, f"evaluation ({runtime} {precision})")
     console.print(f"metrics: {write_metrics_json(result.metrics, output / 'metrics.json')}")
     console.print(f"scores: {write_scores_csv(result, output / 'scores.csv')}")
     # The test split and the bundle path let `defectscope report` rebuild this folder's report later.
@@ -189,7 +189,7 @@ def evaluate(
     console.print(f"split: {split}")
     if report:
         files: dict[str, Path] = {}
-        _write_report(result, read_metadata(bundle), output, str(split), files)
+        _write_report(result, result.metadata, output, str(split), files)
         for name, path in files.items():
             console.print(f"{name}: {path}")
 

@@ -31,6 +31,8 @@ class EvaluationResult:
     ``masks`` is bool (n_masks, height, width), or None without ground-truth
     masks, and ``mask_rows[k]`` is the row of ``maps`` that ``masks[k]``
     belongs to: anomalous images without a mask have no row in ``masks``.
+    ``metadata`` is the bundle metadata the inferencer scored with, including
+    the threshold of the export it ran (int8 has its own).
     """
 
     metrics: dict[str, Any]
@@ -40,6 +42,7 @@ class EvaluationResult:
     maps: np.ndarray | None = None
     masks: np.ndarray | None = None
     mask_rows: list[int] = field(default_factory=list)
+    metadata: dict[str, Any] = field(default_factory=dict)
 
 
 def evaluate(inferencer: Inferencer, samples: list[Sample], batch_size: int = 16, progress: bool = True) -> EvaluationResult:
@@ -76,7 +79,7 @@ def evaluate(inferencer: Inferencer, samples: list[Sample], batch_size: int = 16
     metrics["seconds"] = round(seconds, 3)
     metrics["ms_per_image"] = round(1000 * seconds / len(samples), 2)
     metrics["errors"] = errors
-    return EvaluationResult(metrics, samples, predictions, scored, maps, masks, pixel_rows)
+    return EvaluationResult(metrics, samples, predictions, scored, maps, masks, pixel_rows, inferencer.metadata)
 
 
 def _read_masks(samples, predictions, scored, input_size, errors) -> tuple[np.ndarray | None, list[int]]:

@@ -118,12 +118,7 @@ def export_bundle(
     calibration: list[tuple[Path, int]] = []
     train_images: list[Path] = []
     if "int8" in precisions and "openvino" in formats:
-        if calibration_images is None:
-            calibration = _split_rows(bundle_dir, "calibration", "pass --calibration-images DIR with images of good parts")
-        else:
-            calibration = [(Path(path), 0) for path in calibration_images]
-        fix = "int8 export refits the model head on the training images listed there, so keep the run folder that training wrote"
-        train_images = [path for path, _ in _split_rows(bundle_dir, "train", fix)]
+        calibration, train_images = _int8_images(bundle_dir, calibration_images)
 
     written: dict[str, Path] = {}
     records: dict[str, dict[str, Any]] = {}
@@ -158,20 +153,29 @@ def export_bundle(
     return written
 
 
-def _split_rows(bundle_dir: Path, split: str, fix: str) -> list[tuple[Path, int]]:
-    """Return (image, label) of each ``split`` row of ``split.csv`` next to ``bundle_dir``.
+def _int8_images(bundle_dir: Path, calibration_images) -> tuple[list[tuple[Path, int]], list[Path]]:
+    """Return the int8 calibration (image, label) rows and the training images.
 
-    Raises ``ValueError`` naming ``fix`` when the file is missing or has no such rows.
+    Both come from ``split.csv`` next to ``bundle_dir``; ``calibration_images``,
+    when given, replace the calibration rows (all labelled normal). Raises
+    ``ValueError`` when the file is missing or lacks the rows.
     """
     from defectscope.data.datasets import read_split_csv
 
     split_csv = bundle_dir.resolve().parent / SPLIT_FILE
+    keep = "int8 export refits the model head on the training images listed there, so keep the run folder that training wrote"
     if not split_csv.is_file():
-        raise ValueError(f"int8 export needs {split} images: {split_csv} not found; {fix}")
-    rows = [(sample.image_path, sample.label) for sample in read_split_csv(split_csv) if sample.split == split]
-    if not rows:
-        raise ValueError(f"int8 export needs {split} images: {split_csv} has no {split} rows; {fix}")
-    return rows
+        raise ValueError(f"int8 export needs {split_csv}, which was not found; {keep}")
+    samples = read_split_csv(split_csv)
+    train_images = [sample.image_path for sample in samples if sample.split == "train"]
+    if not train_images:
+        raise ValueError(f"int8 export needs training images: {split_csv} has no train rows; {keep}")
+    if calibration_images is not None:
+        return [(Path(path), 0) for path in calibration_images], train_images
+    calibration = [(sample.image_path, sample.label) for sample in samples if sample.split == "calibration"]
+    if not calibration:
+        raise ValueError(f"int8 export needs calibration images: {split_csv} has no calibration rows; pass --calibration-images DIR with images of good parts")
+    return calibration, train_images
 
 
 def _load_model(bundle_dir: Path):
@@ -254,7 +258,7 @@ def _quantize_int8(model, arrays: list[np.ndarray]) -> Any:
     nncf = _import_nncf()
     # NNCF logs each ignored node at INFO; defectscope logs the step itself.
     logging.getLogger("nncf").setLevel(logging.WARNING)
-    logger.info("quantizing to int8 on %d calibration images", len(arrays))
+    logger.info("quantizing the model to int8 on %d calibration images", len(arrays))
     dataset = nncf.Dataset(arrays)
     # Only the backbone is quantized; the head (PaDiM statistics, flows),
     # upsampling and blur stay fp32. The ONNX exporter names nodes by module

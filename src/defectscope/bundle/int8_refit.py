@@ -46,6 +46,7 @@ def refit_head(model, metadata: dict[str, Any], calibration_arrays: list[np.ndar
 
     input_size = tuple(metadata["input_size"])
     backbone_model = _backbone_openvino(model.backbone, input_size, openvino)
+    logger.info("quantizing the backbone to int8 on %d calibration images", len(calibration_arrays))
     quantized = nncf.quantize(backbone_model, nncf.Dataset(calibration_arrays), subset_size=len(calibration_arrays))
     compiled = openvino.Core().compile_model(quantized, "CPU", {"INFERENCE_PRECISION_HINT": "f32"})
 
